@@ -1,0 +1,231 @@
+"""JSON logs, X-Request-ID, and the Prometheus metrics of the whole sidecar.
+
+Each app gets its own `CollectorRegistry` (several apps in one test process must not collide).
+All metric objects live in `Metrics` so /metrics shows one documented set.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import time
+import uuid
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from sidecar.errors import problem_response
+
+REQUEST_ID_HEADER = "x-request-id"
+_VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+access_logger = logging.getLogger("sidecar.access")
+
+
+class Metrics:
+    """Every metric the sidecar exports, registered on one registry."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "sidecar_requests_total",
+            "HTTP requests by route and status",
+            ["method", "route", "status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "sidecar_request_duration_seconds",
+            "HTTP request latency by route",
+            ["method", "route"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "sidecar_requests_in_flight", "HTTP requests being served", registry=r
+        )
+        self.auth_failures = Counter(
+            "sidecar_auth_failures_total", "Rejected requests by reason", ["reason"], registry=r
+        )
+        self.key_reloads = Counter(
+            "sidecar_api_key_reloads_total",
+            "API key file reloads by outcome",
+            ["outcome"],
+            registry=r,
+        )
+        # OCR
+        self.ocr_queue_depth = Gauge(
+            "sidecar_ocr_queue_depth", "OCR jobs waiting for a slot", registry=r
+        )
+        self.ocr_active = Gauge("sidecar_ocr_active_jobs", "OCR jobs talking to Ollama", registry=r)
+        self.ocr_queue_seconds = Histogram(
+            "sidecar_ocr_queue_wait_seconds", "Time an OCR job waited for admission", registry=r
+        )
+        self.ocr_rejected = Counter(
+            "sidecar_ocr_rejected_total", "OCR jobs refused (queue full)", registry=r
+        )
+        self.ocr_pages = Counter(
+            "sidecar_ocr_pages_total", "OCR pages by completeness", ["complete"], registry=r
+        )
+        self.ocr_render_seconds = Histogram(
+            "sidecar_ocr_render_seconds", "Document decode and page render time", registry=r
+        )
+        self.ocr_keep_alive_seconds = Histogram(
+            "sidecar_ocr_keep_alive_seconds",
+            "keep_alive the residency policy chose",
+            buckets=(0, 30, 60, 120, 300, 600, 1800, 3600),
+            registry=r,
+        )
+        self.ocr_residency = Counter(
+            "sidecar_ocr_residency_decisions_total",
+            "Residency decisions by rule",
+            ["rule"],
+            registry=r,
+        )
+        self.ollama_errors = Counter(
+            "sidecar_ollama_errors_total", "Ollama failures by code", ["code"], registry=r
+        )
+        # Retrieval
+        self.model_device = Gauge(
+            "sidecar_model_on_gpu",
+            "1 when the model sits on the GPU, 0 on the CPU",
+            ["model"],
+            registry=r,
+        )
+        self.device_moves = Counter(
+            "sidecar_model_moves_total", "Model moves between devices", ["model", "to"], registry=r
+        )
+        self.retrieval_queue_depth = Gauge(
+            "sidecar_retrieval_queue_depth", "Texts waiting for a micro-batch", ["kind"], registry=r
+        )
+        self.retrieval_batch_size = Histogram(
+            "sidecar_retrieval_batch_items",
+            "Items per micro-batch",
+            ["kind"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512),
+            registry=r,
+        )
+        self.retrieval_rejected = Counter(
+            "sidecar_retrieval_rejected_total",
+            "Retrieval requests refused (queue full)",
+            ["kind"],
+            registry=r,
+        )
+        self.vram_used_mib = Gauge(
+            "sidecar_vram_used_mib", "GPU memory used (last snapshot)", registry=r
+        )
+        self.vram_total_mib = Gauge(
+            "sidecar_vram_total_mib", "GPU memory total (last snapshot)", registry=r
+        )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; `extra=` fields are kept."""
+
+    _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in self._RESERVED and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info and record.levelno >= logging.ERROR:
+            # The exception type only: tracebacks go nowhere a client can read, and stay short here.
+            entry["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("uvicorn.access",):
+        logging.getLogger(noisy).disabled = True
+
+
+def _route_label(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else "unmatched"
+
+
+def incoming_request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            candidate = value.decode("latin-1")
+            if _VALID_REQUEST_ID.match(candidate):
+                return candidate
+            break
+    return uuid.uuid4().hex
+
+
+class RequestContextMiddleware:
+    """Request id, access log line, request metrics, and the last-resort 500 (no traceback)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = incoming_request_id(scope)
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status_holder = {"status": 500, "sent": False}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status_holder["status"] = message["status"]
+                status_holder["sent"] = True
+                headers = list(message.get("headers", []))
+                headers.append((b"x-request-id", request_id.encode("latin-1")))
+                message["headers"] = headers
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            access_logger.exception("unhandled error", extra={"request_id": request_id})
+            if not status_holder["sent"]:
+                response = problem_response(
+                    Request(scope),
+                    "internal_error",
+                    "The sidecar hit an unexpected error; quote the request_id when reporting it.",
+                )
+                await response(scope, receive, send_with_id)
+        finally:
+            self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - started
+            route = _route_label(scope)
+            method = scope.get("method", "")
+            status = status_holder["status"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.request_seconds.labels(method, route).observe(elapsed)
+            client = scope.get("client")
+            access_logger.info(
+                "request",
+                extra={
+                    "request_id": request_id,
+                    "method": method,
+                    "route": route,
+                    "path": scope.get("path"),
+                    "status": status,
+                    "ms": round(elapsed * 1000, 1),
+                    "client": client[0] if client else None,
+                },
+            )
