@@ -1,0 +1,33 @@
+"""What the routes reach: one `AppContext` per app, stored on `app.state.ctx`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import httpx
+from fastapi import Request
+
+from sidecar.config import Settings
+from sidecar.observability import Metrics
+from sidecar.vram_monitor import VramMonitor
+
+if TYPE_CHECKING:
+    from sidecar.ocr.pipeline import OcrPipeline
+    from sidecar.retrieval.service import RetrievalService
+    from sidecar.security import KeyStore
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    metrics: Metrics
+    vram: VramMonitor
+    keys: KeyStore
+    http: httpx.AsyncClient | None = None
+    ocr: OcrPipeline | None = None
+    retrieval: RetrievalService | None = None
+
+
+def get_context(request: Request) -> AppContext:
+    return request.app.state.ctx  # type: ignore[no-any-return]
