@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import httpx
-from fastapi import Request
+from fastapi import Depends, Request
 
 from sidecar.config import Settings
 from sidecar.observability import Metrics
@@ -31,3 +31,7 @@ class AppContext:
 
 def get_context(request: Request) -> AppContext:
     return request.app.state.ctx  # type: ignore[no-any-return]
+
+
+# Route parameter type: `ctx: Ctx` gives the app's context.
+Ctx = Annotated[AppContext, Depends(get_context)]

@@ -1,0 +1,82 @@
+"""`create_app(settings, **injected)`: the FastAPI app and its lifespan.
+
+The lifespan owns every long-lived resource: one shared `httpx.AsyncClient` (closed at shutdown),
+the OCR pipeline and the retrieval service. Tests and benchmarks inject any of them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
+
+import httpx
+from fastapi import Depends, FastAPI
+
+from sidecar.config import Settings, ensure_upload_base
+from sidecar.context import AppContext
+from sidecar.errors import install_error_handlers
+from sidecar.observability import Metrics, RequestContextMiddleware
+from sidecar.ocr.pipeline import OcrPipeline
+from sidecar.retrieval.service import RetrievalService
+from sidecar.routes import health, ocr, retrieval
+from sidecar.security import KeyStore, authenticate
+from sidecar.vram_monitor import monitor_from_source
+
+INJECTABLE = frozenset({"metrics", "vram_monitor", "key_store", "http_client", "ocr", "retrieval"})
+
+
+def build_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The one client for Ollama: connect and read timeouts apart, pool sized for admission."""
+    timeout = httpx.Timeout(settings.ollama_timeout_s, connect=settings.ollama_connect_timeout_s)
+    pool = settings.max_concurrent_ocr + 4  # OCR slots plus health/ps probes
+    limits = httpx.Limits(max_connections=pool, max_keepalive_connections=pool)
+    return httpx.AsyncClient(base_url=settings.ollama_url, timeout=timeout, limits=limits)
+
+
+def create_app(settings: Settings, **injected: Any) -> FastAPI:
+    unknown = set(injected) - INJECTABLE
+    if unknown:
+        raise TypeError(f"create_app got unknown injections: {sorted(unknown)}")
+    ensure_upload_base(settings)
+    metrics: Metrics = injected.get("metrics") or Metrics()
+    ctx = AppContext(
+        settings=settings,
+        metrics=metrics,
+        vram=injected.get("vram_monitor") or monitor_from_source(settings.vram_source),
+        keys=injected.get("key_store") or KeyStore.from_settings(settings, metrics),
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            http = injected.get("http_client")
+            if http is None:
+                http = build_http_client(settings)
+                stack.push_async_callback(http.aclose)
+            ctx.http = http
+            ctx.ocr = injected.get("ocr") or OcrPipeline(settings, http, ctx.vram, metrics)
+            stack.push_async_callback(ctx.ocr.close)
+            ctx.retrieval = injected.get("retrieval") or RetrievalService(
+                settings, ctx.vram, metrics
+            )
+            await ctx.retrieval.start()  # returns at once; models load in a worker thread
+            stack.push_async_callback(ctx.retrieval.close)
+            yield
+
+    app = FastAPI(
+        title="OCR sidecar",
+        version=health.VERSION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.add_middleware(RequestContextMiddleware, metrics=metrics)
+    app.include_router(health.public_router)
+    protected = [Depends(authenticate)]
+    app.include_router(health.protected_router, dependencies=protected)
+    app.include_router(ocr.router, dependencies=protected)
+    app.include_router(retrieval.router, dependencies=protected)
+    return app
