@@ -149,7 +149,7 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 
-    @field_validator("trusted_networks", "priority_models", mode="before")
+    @field_validator("priority_models", mode="before")
     @classmethod
     def _comma_list(cls, value: object) -> object:
         return _split_csv(value)
@@ -157,6 +157,7 @@ class Settings(BaseSettings):
     @field_validator("trusted_networks", mode="before")
     @classmethod
     def _parse_networks(cls, value: object) -> object:
+        value = _split_csv(value)
         if not isinstance(value, list):
             return value
         networks = []
@@ -247,7 +248,8 @@ class Settings(BaseSettings):
 
 def _describe(error: dict) -> str:
     """One printable line for a pydantic error, without its input value."""
-    location = ".".join(str(part) for part in error.get("loc", ()))
+    # Only the field name: pydantic's deeper location parts are validator internals.
+    location = str(error["loc"][0]) if error.get("loc") else ""
     message = str(error.get("msg", "invalid value")).removeprefix("Value error, ")
     if not location:
         return message

@@ -219,16 +219,30 @@ def read_upload(base: Path, user_path: str, max_bytes: int) -> bytes:
         if exc.errno in (errno.EACCES, errno.EPERM):
             raise ApiError("document_not_found", "The document cannot be read.") from None
         raise
-    with os.fdopen(fd, "rb", closefd=True) as handle:
-        info = os.fstat(handle.fileno())
+    try:
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ApiError("document_not_found", "The path is not a regular file.")
         if info.st_size > max_bytes:
             raise ApiError("payload_too_large", _too_large(max_bytes))
-        data = handle.read(max_bytes + 1)
+        data = _read_at_most(fd, max_bytes + 1)
+    finally:
+        os.close(fd)
     if len(data) > max_bytes:  # the file grew after fstat
         raise ApiError("payload_too_large", _too_large(max_bytes))
     return data
+
+
+def _read_at_most(fd: int, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    remaining = limit
+    while remaining > 0:
+        chunk = os.read(fd, min(remaining, 1 << 20))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
 
 
 def _too_large(max_bytes: int) -> str:

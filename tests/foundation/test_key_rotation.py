@@ -1,0 +1,106 @@
+"""Key rotation by file on the real `sidecar` process: no restart, same PID."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import new_api_key
+from tests.server import free_port
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "secrets" / "sidecar_api_key"
+    path.parent.mkdir()
+    return path
+
+
+@pytest.fixture
+def sidecar_process(key_file: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
+    key_file.write_text(new_api_key() + "\n")
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OCR_SIDECAR_")}
+    env.update(
+        {
+            "OCR_SIDECAR_API_KEY_FILE": str(key_file),
+            "OCR_SIDECAR_PORT": str(port),
+            "OCR_SIDECAR_VRAM_SOURCE": "none",
+            "OCR_SIDECAR_UPLOAD_BASE": str(tmp_path / "uploads"),
+            "OCR_SIDECAR_EMBED_MODEL": str(tmp_path / "no-model"),
+            "OCR_SIDECAR_RERANK_MODEL": str(tmp_path / "no-model"),
+            "HF_HUB_OFFLINE": "1",
+        }
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sidecar"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # bounded wait for the port to answer
+            assert process.poll() is None, process.stdout.read().decode() if process.stdout else ""
+            try:
+                if httpx.get(f"{url}/live", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "sidecar did not start"
+            time.sleep(0.1)
+        yield process, url
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def status_with(url: str, key: str) -> int:
+    return httpx.get(f"{url}/metrics", headers={"X-API-Key": key}, timeout=10).status_code
+
+
+def test_rotation_by_rewrite_and_by_rename_without_restart(
+    sidecar_process: tuple[subprocess.Popen, str], key_file: Path
+) -> None:
+    process, url = sidecar_process
+    pid = process.pid
+    first = key_file.read_text().strip()
+    assert status_with(url, first) == 200
+
+    # 1. overlap: both keys valid while clients move over
+    second = new_api_key()
+    key_file.write_text(f"{first}\n{second}\n")
+    assert status_with(url, first) == 200 and status_with(url, second) == 200
+
+    # 2. in-place rewrite drops the old key
+    key_file.write_text(f"{second}\n")
+    assert status_with(url, first) == 401 and status_with(url, second) == 200
+
+    # 3. atomic replace by rename (how Docker/Kubernetes secrets and editors update files)
+    third = new_api_key()
+    staged = key_file.with_name(".staged")
+    staged.write_text(f"{third}\n")
+    os.replace(staged, key_file)
+    assert status_with(url, second) == 401 and status_with(url, third) == 200
+
+    # 4. a broken file keeps the previous keys instead of locking everyone out
+    key_file.write_text("too-short\n")
+    assert status_with(url, third) == 200 and status_with(url, "too-short") == 401
+
+    assert process.poll() is None and process.pid == pid
+    metrics = httpx.get(f"{url}/metrics", headers={"X-API-Key": third}).text
+    assert 'sidecar_api_key_reloads_total{outcome="rejected"} 1.0' in metrics
+    assert 'sidecar_api_key_reloads_total{outcome="ok"} 3.0' in metrics
