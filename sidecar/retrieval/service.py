@@ -1,37 +1,312 @@
-"""Retrieval service: INTERFACE SKELETON owned by the retrieval work (issue 5); replace wholesale.
+"""The retrieval capability: model loading, placement, batching, and the /embed and /rerank logic.
 
-The app (sidecar/app.py) constructs `RetrievalService(settings, vram, metrics)` inside the
-lifespan, awaits `start()` (which must return at once; models load in the background via
-asyncio.to_thread) and `close()` at shutdown.
+`start()` returns at once: the models load in worker threads (`asyncio.to_thread`), then each is
+placed by `sidecar.devices` and gets its own micro-batcher. Until a model is in, its route answers
+503 `not_ready` and `/ready` names it; a model that failed to load stays failed (with the reason)
+while the process keeps serving everything else.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+import numpy as np
 
 from sidecar.config import Settings
+from sidecar.devices import DeviceManager, PlacedModel, PlacementWatcher
+from sidecar.errors import ApiError
 from sidecar.observability import Metrics
+from sidecar.retrieval.batcher import (
+    BatcherClosed,
+    BatchOutput,
+    Completed,
+    MicroBatcher,
+    Overloaded,
+)
+from sidecar.retrieval.embedder import Embedder, EmbedItem, EmbedOutput, normalize_rows
+from sidecar.retrieval.loading import (
+    describe_load_error,
+    display_name,
+    load_embedder,
+    load_reranker,
+)
+from sidecar.retrieval.reranker import PairItem, Reranker, rank, sigmoid
+from sidecar.retrieval.tokens import InputTooLong
+from sidecar.schemas import (
+    EmbedRequest,
+    EmbedResponse,
+    EmbedUsage,
+    RerankRequest,
+    RerankResponse,
+    RerankResult,
+)
 from sidecar.vram_monitor import VramMonitor
+
+logger = logging.getLogger("sidecar.retrieval")
+
+Kind = Literal["embed", "rerank"]
+ModelT = TypeVar("ModelT", Embedder, Reranker)
+NOT_READY_RETRY_S = "5"
+# Texts (or pairs) that may wait for the model, in units of MAX_INPUTS.
+QUEUE_REQUESTS_WORTH = 4
+
+
+@dataclass(slots=True)
+class Reply:
+    """A route's body plus where the work ran (for X-Compute-Device headers)."""
+
+    body: EmbedResponse | RerankResponse
+    device: str
+    reason: str
+
+
+@dataclass(eq=False)
+class _Slot(Generic[ModelT]):
+    kind: Kind
+    name: str
+    loader: Callable[[str], ModelT]
+    model: ModelT | None = None
+    placed: PlacedModel | None = None
+    batcher: MicroBatcher[Any, Any] | None = None
+    error: str | None = None
+    loading: bool = True
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "name": display_name(self.name),
+            "loaded": self.placed is not None,
+            "error": self.error,
+        }
+        if self.placed is not None:
+            info.update(self.placed.describe())
+        else:
+            info["device"] = None
+        return info
+
+
+def device_manager_from_settings(
+    settings: Settings, vram: VramMonitor, metrics: Metrics
+) -> DeviceManager:
+    return DeviceManager(
+        vram,
+        metrics,
+        mode=settings.model_device,
+        pressure_pct=settings.vram_pressure_pct,
+    )
 
 
 class RetrievalService:
-    def __init__(self, settings: Settings, vram: VramMonitor, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        vram: VramMonitor,
+        metrics: Metrics,
+        *,
+        embed_loader: Callable[[str], Embedder] = load_embedder,
+        rerank_loader: Callable[[str], Reranker] = load_reranker,
+        devices: DeviceManager | None = None,
+        watch_interval_s: float | None = None,
+        max_queued_items: int | None = None,
+    ) -> None:
         self.settings = settings
         self.vram = vram
         self.metrics = metrics
+        self.devices = devices or device_manager_from_settings(settings, vram, metrics)
+        self.watcher = (
+            PlacementWatcher(self.devices)
+            if watch_interval_s is None
+            else PlacementWatcher(self.devices, watch_interval_s)
+        )
+        self.max_queued_items = max_queued_items or QUEUE_REQUESTS_WORTH * settings.max_inputs
+        self.embed_slot: _Slot[Embedder] = _Slot("embed", settings.embed_model, embed_loader)
+        self.rerank_slot: _Slot[Reranker] = _Slot("rerank", settings.rerank_model, rerank_loader)
+        # Fast tokenizers are not safe to call from several threads at once: one thread does it.
+        self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
+        self._load_task: asyncio.Task[None] | None = None
+        self.loaded = asyncio.Event()
+
+    # lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        return None
+        self._load_task = asyncio.create_task(self._load_all(), name="retrieval-load")
+
+    async def wait_loaded(self) -> None:
+        """Return once every model has loaded or failed (tests and benchmarks wait on this)."""
+        await self.loaded.wait()
+
+    async def _load_all(self) -> None:
+        try:
+            await self._load(self.embed_slot, self._embed_batch)
+            await self._load(self.rerank_slot, self._rerank_batch)
+            if self.embed_slot.placed or self.rerank_slot.placed:
+                self.watcher.start()
+        finally:
+            self.loaded.set()
+
+    async def _load(
+        self, slot: _Slot[Any], runner: Callable[[list[Any]], BatchOutput[Any]]
+    ) -> None:
+        try:
+            model = await asyncio.to_thread(slot.loader, slot.name)
+            placed = await asyncio.to_thread(self.devices.add, slot.kind, model.module)
+        except Exception as exc:
+            slot.error = describe_load_error(exc)
+            logger.error(
+                "%s model failed to load",
+                slot.kind,
+                extra={"model": slot.name, "error": slot.error},
+            )
+            return
+        finally:
+            slot.loading = False
+        batcher: MicroBatcher[Any, Any] = MicroBatcher(
+            slot.kind,
+            runner,
+            max_batch_tokens=self.settings.embed_max_batch_tokens,
+            max_queued_items=self.max_queued_items,
+            metrics=self.metrics,
+        )
+        batcher.start()
+        slot.model, slot.placed, slot.batcher = model, placed, batcher
+        logger.info(
+            "%s model ready", slot.kind, extra={"model": slot.name, "device": placed.device}
+        )
 
     async def close(self) -> None:
-        return None
+        if self._load_task is not None and not self._load_task.done():
+            self._load_task.cancel()  # a load already in its thread finishes there, unused
+        self.watcher.stop()
+        for slot in (self.embed_slot, self.rerank_slot):
+            if slot.batcher is not None:
+                await asyncio.to_thread(slot.batcher.close)
+        self._tokenize_pool.shutdown(wait=False, cancel_futures=True)
+
+    # status ----------------------------------------------------------------------------------
 
     def health(self) -> dict[str, Any]:
         """`models` section of /health: per model name, device, loaded, error."""
-        return {}
+        return {slot.kind: slot.describe() for slot in (self.embed_slot, self.rerank_slot)}
 
     def ready_problems(self) -> list[str]:
-        return ["retrieval models not built yet"]
+        problems = []
+        for slot in (self.embed_slot, self.rerank_slot):
+            shown = display_name(slot.name)
+            if slot.loading:
+                problems.append(f"{slot.kind} model {shown} is loading")
+            elif slot.error is not None:
+                problems.append(f"{slot.kind} model {shown} failed to load: {slot.error}")
+        return problems
 
     def queue_stats(self) -> dict[str, int]:
-        return {}
+        return {
+            slot.kind: slot.batcher.depth if slot.batcher else 0
+            for slot in (self.embed_slot, self.rerank_slot)
+        }
+
+    # batch runners (worker threads) ------------------------------------------------------------
+
+    def _embed_batch(self, batch: list[EmbedItem]) -> BatchOutput[EmbedOutput]:
+        model, placed = self.embed_slot.model, self.embed_slot.placed
+        assert model is not None and placed is not None
+        outputs, device, reason = self.devices.run(placed, lambda dev: model.forward(batch, dev))
+        return BatchOutput(outputs, device, reason)
+
+    def _rerank_batch(self, batch: list[PairItem]) -> BatchOutput[float]:
+        model, placed = self.rerank_slot.model, self.rerank_slot.placed
+        assert model is not None and placed is not None
+        outputs, device, reason = self.devices.run(placed, lambda dev: model.forward(batch, dev))
+        return BatchOutput(outputs, device, reason)
+
+    # requests --------------------------------------------------------------------------------
+
+    def _check_count(self, count: int, what: str) -> None:
+        if count > self.settings.max_inputs:
+            raise ApiError(
+                "too_many_inputs",
+                f"{count} {what} in one request; the limit is {self.settings.max_inputs} "
+                "(OCR_SIDECAR_MAX_INPUTS): split the request",
+            )
+
+    @staticmethod
+    def _ready(slot: _Slot[ModelT]) -> tuple[ModelT, MicroBatcher[Any, Any]]:
+        if slot.model is None or slot.batcher is None:
+            state = "is still loading" if slot.loading else "failed to load (see /ready)"
+            raise ApiError(
+                "not_ready",
+                f"the {slot.kind} model {state}",
+                headers={"Retry-After": NOT_READY_RETRY_S},
+            )
+        return slot.model, slot.batcher
+
+    async def _tokenize(self, fn: Callable[..., Any], *args: Any, what: str) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._tokenize_pool, fn, *args)
+        except InputTooLong as exc:
+            raise ApiError(
+                "input_too_long",
+                f"{what}[{exc.index}] is {exc.tokens} tokens; the model takes at most {exc.limit}. "
+                "Shorten it or send truncate=true",
+            ) from None
+
+    async def _submit(
+        self, batcher: MicroBatcher[Any, Any], payloads: Sequence[Any], lengths: Sequence[int]
+    ) -> Completed[Any]:
+        try:
+            return await batcher.submit(payloads, lengths)
+        except Overloaded as exc:
+            raise ApiError(
+                "overloaded",
+                f"the {batcher.kind} queue is full; retry after {exc.retry_after_s}s",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            ) from None
+        except BatcherClosed:
+            raise ApiError(
+                "not_ready", "the sidecar is shutting down", headers={"Retry-After": "5"}
+            ) from None
+
+    async def embed(self, request: EmbedRequest) -> Reply:
+        self._check_count(len(request.inputs), "inputs")
+        model, batcher = self._ready(self.embed_slot)
+        token_ids: list[list[int]] = await self._tokenize(
+            model.tokenize, request.inputs, request.truncate, what="inputs"
+        )
+        items = [EmbedItem(ids, request.return_sparse) for ids in token_ids]
+        done = await self._submit(batcher, items, [len(ids) for ids in token_ids])
+        dense = np.stack([output.dense for output in done.outputs]).astype(np.float32, copy=False)
+        if request.normalize:
+            dense = normalize_rows(dense)
+        body = EmbedResponse(
+            model=display_name(model.name),
+            device=done.device,
+            dense=dense.tolist(),
+            sparse=[output.sparse or {} for output in done.outputs]
+            if request.return_sparse
+            else None,
+            usage=EmbedUsage(tokens=sum(len(ids) for ids in token_ids)),
+        )
+        return Reply(body, done.device, done.reason)
+
+    async def rerank(self, request: RerankRequest) -> Reply:
+        self._check_count(len(request.texts), "texts")
+        model, batcher = self._ready(self.rerank_slot)
+        pairs: list[PairItem] = await self._tokenize(
+            model.tokenize, request.query, request.texts, request.truncate, what="texts"
+        )
+        done = await self._submit(batcher, pairs, [len(pair.token_ids) for pair in pairs])
+        scores = [sigmoid(s) for s in done.outputs] if request.normalize else list(done.outputs)
+        results = [
+            RerankResult(
+                index=i,
+                score=scores[i],
+                text=request.texts[i] if request.return_text else None,
+            )
+            for i in rank(scores, request.top_n)
+        ]
+        body = RerankResponse(model=display_name(model.name), device=done.device, results=results)
+        return Reply(body, done.device, done.reason)

@@ -1,0 +1,254 @@
+"""Dynamic micro-batching: concurrent requests share forward passes, bounded by a token budget.
+
+Requests put their (already tokenised) items on one queue. A single worker thread takes everything
+queued at that moment as a *round*, sorts the round by length (longest first, so batches pad
+little), cuts it into micro-batches whose padded size `items × longest` stays within
+`max_batch_tokens`, runs each batch and scatters the outputs back to the requests they came from.
+While a round runs, new requests queue up and form the next round: no timer, no artificial delay,
+a lone request runs at once. The queue is bounded in items; a request that does not fit is refused
+(`Overloaded`, answered 429 with `Retry-After`).
+
+Nothing here knows about models: the runner is a callable `list[payload] -> BatchOutput`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from sidecar.observability import Metrics
+
+logger = logging.getLogger("sidecar.batcher")
+
+P = TypeVar("P")  # what the runner consumes per item (token ids, …)
+R = TypeVar("R")  # what the runner produces per item
+
+# Weight of the newest batch in the throughput estimate behind Retry-After.
+_RATE_SMOOTHING = 0.2
+
+
+class Overloaded(Exception):
+    """The queue cannot take the request now; retry after `retry_after_s`."""
+
+    def __init__(self, retry_after_s: int) -> None:
+        super().__init__(f"queue full, retry after {retry_after_s}s")
+        self.retry_after_s = retry_after_s
+
+
+class BatcherClosed(Exception):
+    """The batcher stopped (shutdown) before the request was served."""
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutput(Generic[R]):
+    """What a runner returns for one micro-batch: outputs in batch order and where it ran."""
+
+    outputs: list[R]
+    device: str
+    reason: str = ""
+
+
+@dataclass(slots=True)
+class Completed(Generic[R]):
+    """A request's outputs in its input order; the device is `cpu` if any batch ran there."""
+
+    outputs: list[R]
+    device: str
+    reason: str
+
+
+@dataclass(eq=False, slots=True)
+class _Request(Generic[R]):
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[Completed[R]]
+    outputs: list[R | None]
+    remaining: int
+    device: str = ""
+    reason: str = ""
+    abandoned: bool = False  # failed or cancelled: its remaining items are skipped
+
+    def record(self, device: str, reason: str) -> None:
+        # CPU wins: a reply whose work partly ran on the CPU reports the CPU and why.
+        if not self.device or (device == "cpu" and self.device != "cpu"):
+            self.device, self.reason = device, reason
+
+
+@dataclass(slots=True)
+class _Item(Generic[P, R]):
+    payload: P
+    tokens: int
+    request: _Request[R]
+    position: int = field(default=0)
+
+
+def split_by_budget(lengths: Sequence[int], max_batch_tokens: int) -> list[range]:
+    """Cut items (already sorted longest first) into consecutive batches within the budget.
+
+    A batch's padded cost is `len(batch) × its longest item`; an item longer than the budget
+    runs alone.
+    """
+    batches: list[range] = []
+    start = 0
+    while start < len(lengths):
+        longest = max(lengths[start], 1)
+        size = max(1, max_batch_tokens // longest)
+        end = min(len(lengths), start + size)
+        batches.append(range(start, end))
+        start = end
+    return batches
+
+
+class MicroBatcher(Generic[P, R]):
+    """One worker thread running micro-batches of `runner` for every caller of `submit`."""
+
+    def __init__(
+        self,
+        kind: str,
+        runner: Callable[[list[P]], BatchOutput[R]],
+        *,
+        max_batch_tokens: int,
+        max_queued_items: int,
+        metrics: Metrics,
+    ) -> None:
+        self.kind = kind
+        self.runner = runner
+        self.max_batch_tokens = max_batch_tokens
+        self.max_queued_items = max_queued_items
+        self.metrics = metrics
+        self._pending: list[_Item[P, R]] = []
+        self._queued = 0  # admitted items not yet handed to the model
+        self._closed = False
+        self._cond = threading.Condition()
+        self._items_per_s: float | None = None
+        self._thread = threading.Thread(target=self._work, name=f"batcher-{kind}", daemon=True)
+        self.batches_run = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        return self._queued
+
+    def retry_after_s(self) -> int:
+        """Seconds until the current queue has likely drained (1 when the rate is unknown)."""
+        rate = self._items_per_s
+        if not rate:
+            return 1
+        return max(1, min(60, math.ceil(self._queued / rate)))
+
+    async def submit(self, payloads: Sequence[P], lengths: Sequence[int]) -> Completed[R]:
+        """Queue one request's items and wait for all their outputs (in input order)."""
+        loop = asyncio.get_running_loop()
+        request: _Request[R] = _Request(
+            loop, loop.create_future(), [None] * len(payloads), len(payloads)
+        )
+        with self._cond:
+            if self._closed:
+                raise BatcherClosed(f"{self.kind} batcher is closed")
+            if self._queued + len(payloads) > self.max_queued_items:
+                self.metrics.retrieval_rejected.labels(self.kind).inc()
+                raise Overloaded(self.retry_after_s())
+            for position, (payload, tokens) in enumerate(zip(payloads, lengths, strict=True)):
+                self._pending.append(_Item(payload, tokens, request, position))
+            self._queued += len(payloads)
+            self.metrics.retrieval_queue_depth.labels(self.kind).set(self._queued)
+            self._cond.notify()
+        try:
+            return await request.future
+        except asyncio.CancelledError:
+            request.abandoned = True  # the caller left: do not spend the model on it
+            raise
+
+    def close(self) -> None:
+        """Stop the worker; requests still queued fail with `BatcherClosed`."""
+        with self._cond:
+            self._closed = True
+            leftovers, self._pending = self._pending, []
+            self._queued = 0
+            self._cond.notify_all()
+        for item in leftovers:
+            self._fail(item.request, BatcherClosed(f"{self.kind} batcher closed"))
+        if self._thread.is_alive():
+            self._thread.join(timeout=30)
+
+    def _take_round(self) -> list[_Item[P, R]] | None:
+        with self._cond:
+            while not self._pending and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            round_items, self._pending = self._pending, []
+        round_items.sort(key=lambda item: item.tokens, reverse=True)
+        return round_items
+
+    def _work(self) -> None:
+        while (round_items := self._take_round()) is not None:
+            lengths = [item.tokens for item in round_items]
+            for span in split_by_budget(lengths, self.max_batch_tokens):
+                self._run_batch([round_items[i] for i in span])
+
+    def _run_batch(self, batch: list[_Item[P, R]]) -> None:
+        with self._cond:
+            self._queued = max(0, self._queued - len(batch))
+            self.metrics.retrieval_queue_depth.labels(self.kind).set(self._queued)
+        live = [item for item in batch if not item.request.abandoned]
+        if not live:
+            return
+        started = time.perf_counter()
+        try:
+            result = self.runner([item.payload for item in live])
+            if len(result.outputs) != len(live):
+                raise RuntimeError(f"runner gave {len(result.outputs)} outputs for {len(live)}")
+        except Exception as exc:
+            logger.exception("%s batch failed", self.kind)
+            for request in {item.request for item in live}:
+                self._fail(request, exc)
+            return
+        self.batches_run += 1
+        self.metrics.retrieval_batch_size.labels(self.kind).observe(len(live))
+        self._update_rate(len(live), time.perf_counter() - started)
+        for item, output in zip(live, result.outputs, strict=True):
+            request = item.request
+            request.outputs[item.position] = output
+            request.record(result.device, result.reason)
+            request.remaining -= 1
+            if request.remaining == 0 and not request.abandoned:
+                done = Completed(list(request.outputs), request.device, request.reason)
+                self._resolve(request, done)
+
+    def _update_rate(self, items: int, seconds: float) -> None:
+        rate = items / max(seconds, 1e-6)
+        previous = self._items_per_s
+        self._items_per_s = (
+            rate if previous is None else (1 - _RATE_SMOOTHING) * previous + _RATE_SMOOTHING * rate
+        )
+
+    @staticmethod
+    def _resolve(request: _Request[R], value: Completed[R]) -> None:
+        def settle() -> None:
+            if not request.future.done():
+                request.future.set_result(value)
+
+        with contextlib.suppress(RuntimeError):  # the loop already closed (shutdown)
+            request.loop.call_soon_threadsafe(settle)
+
+    @staticmethod
+    def _fail(request: _Request[R], exc: BaseException) -> None:
+        if request.abandoned:
+            return
+        request.abandoned = True
+
+        def settle() -> None:
+            if not request.future.done():
+                request.future.set_exception(exc)
+
+        with contextlib.suppress(RuntimeError):
+            request.loop.call_soon_threadsafe(settle)
