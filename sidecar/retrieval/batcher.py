@@ -124,6 +124,7 @@ class MicroBatcher(Generic[P, R]):
         self.metrics = metrics
         self._pending: list[_Item[P, R]] = []
         self._queued = 0  # admitted items not yet handed to the model
+        self._running = 0  # items inside the runner right now
         self._closed = False
         self._cond = threading.Condition()
         self._items_per_s: float | None = None
@@ -136,6 +137,15 @@ class MicroBatcher(Generic[P, R]):
     @property
     def depth(self) -> int:
         return self._queued
+
+    @property
+    def running(self) -> int:
+        return self._running
+
+    def wait_until(self, predicate: Callable[[MicroBatcher[P, R]], bool], timeout: float) -> bool:
+        """Block until `predicate(self)` holds (checked at every queue change) or `timeout`."""
+        with self._cond:
+            return self._cond.wait_for(lambda: predicate(self), timeout)
 
     def retry_after_s(self) -> int:
         """Seconds until the current queue has likely drained (1 when the rate is unknown)."""
@@ -160,7 +170,7 @@ class MicroBatcher(Generic[P, R]):
                 self._pending.append(_Item(payload, tokens, request, position))
             self._queued += len(payloads)
             self.metrics.retrieval_queue_depth.labels(self.kind).set(self._queued)
-            self._cond.notify()
+            self._cond.notify_all()
         try:
             return await request.future
         except asyncio.CancelledError:
@@ -195,11 +205,18 @@ class MicroBatcher(Generic[P, R]):
             for span in split_by_budget(lengths, self.max_batch_tokens):
                 self._run_batch([round_items[i] for i in span])
 
+    def _set_running(self, items: int) -> None:
+        with self._cond:
+            self._running = items
+            self._cond.notify_all()
+
     def _run_batch(self, batch: list[_Item[P, R]]) -> None:
+        live = [item for item in batch if not item.request.abandoned]
         with self._cond:
             self._queued = max(0, self._queued - len(batch))
+            self._running = len(live)
             self.metrics.retrieval_queue_depth.labels(self.kind).set(self._queued)
-        live = [item for item in batch if not item.request.abandoned]
+            self._cond.notify_all()
         if not live:
             return
         started = time.perf_counter()
@@ -212,6 +229,8 @@ class MicroBatcher(Generic[P, R]):
             for request in {item.request for item in live}:
                 self._fail(request, exc)
             return
+        finally:
+            self._set_running(0)
         self.batches_run += 1
         self.metrics.retrieval_batch_size.labels(self.kind).observe(len(live))
         self._update_rate(len(live), time.perf_counter() - started)
