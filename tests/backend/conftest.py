@@ -18,7 +18,10 @@ import pytest
 from psycopg import sql
 
 from backend_client import migrate
+from backend_client.client import SidecarClient
 from backend_client.db import Database
+from backend_client.resolver import SnapshotResolver
+from backend_client.services import OcrService
 from tests.backend.fake_sidecar import RecordingSidecar
 from tests.server import ThreadedServer
 
@@ -103,3 +106,31 @@ def fake_sidecar(
     fake, server = sidecar_server
     fake.reset(url=server.url)
     return fake
+
+
+class SleepRecorder:
+    """Injected in place of asyncio.sleep: records each retry wait instead of spending it."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> SleepRecorder:
+    return SleepRecorder()
+
+
+@pytest.fixture
+async def sidecar_client(
+    fake_sidecar: RecordingSidecar, sleeps: SleepRecorder
+) -> AsyncIterator[SidecarClient]:
+    async with SidecarClient(fake_sidecar.url, sleep=sleeps) as client:
+        yield client
+
+
+@pytest.fixture
+def ocr_service(db: Database, sidecar_client: SidecarClient) -> OcrService:
+    return OcrService(SnapshotResolver(db), sidecar_client)

@@ -14,6 +14,9 @@ from backend_client.db import Database
 from backend_client.models import ONE_ACTIVE_PROMPT_INDEX, Base
 from backend_client.resolver import SnapshotResolver
 
+# Fixtures run on the session event loop (pyproject); the tests must share it.
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
 TABLES = {"ai_execution_profiles", "ai_prompts"}
 
 
