@@ -1,0 +1,264 @@
+"""Async client for the few Ollama endpoints the sidecar uses: /api/chat, /api/ps, /api/version.
+
+It runs over the lifespan's shared `httpx.AsyncClient` and turns every Ollama failure into the
+documented `ApiError` (DESIGN.md §4):
+
+- connection refused, DNS failure, connect timeout → 503 `ollama_unavailable` + Retry-After
+- Ollama answered 503 (its scheduler queue is full) → 503 `ollama_unavailable` + Retry-After
+- read, write or pool timeout → 504 `ollama_timeout`
+- 404 "model … not found", 400 "invalid model name" / "does not support …" → 424
+  `model_not_available`
+- any other 4xx/5xx, a non-JSON body, a wrong shape, a connection cut mid-answer → 502
+  `ollama_bad_response`
+
+Responses are always read to the end or closed (`async with client.stream(...)` is not needed:
+`client.request` reads the body and releases the connection on success and on every error), so no
+failure leaves a pooled connection checked out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from sidecar.errors import ApiError
+
+# Ollama restarts (or frees its queue) within seconds; the backend's client honours this.
+RETRY_AFTER_S = 5
+# /ready and /health must answer quickly even when Ollama hangs.
+PROBE_TIMEOUT_S = 3.0
+# How much of Ollama's own error text we pass on (it never holds a secret, but may be long).
+_MAX_ERROR_TEXT = 300
+_DEFAULT_REGISTRY_PREFIXES = ("registry.ollama.ai/library/", "registry.ollama.ai/")
+
+
+def model_key(name: str) -> str:
+    """Comparable form of a model name, as /api/ps shows it: default host and `library/`
+    dropped, `:latest` added when there is no tag; case-folded (Ollama matches names
+    case-insensitively)."""
+    normalized = name.strip()
+    for prefix in _DEFAULT_REGISTRY_PREFIXES:
+        if normalized.lower().startswith(prefix):
+            normalized = normalized[len(prefix) :]
+            break
+    if normalized.lower().startswith("library/"):
+        normalized = normalized[len("library/") :]
+    last_part = normalized.rsplit("/", 1)[-1]
+    if ":" not in last_part:
+        normalized += ":latest"
+    return normalized.lower()
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: str = "assistant"
+    content: str = ""
+
+
+class ChatReply(BaseModel):
+    """A non-streamed /api/chat answer; metric fields are absent when zero (omitempty)."""
+
+    model_config = ConfigDict(extra="ignore")
+    model: str = ""
+    message: ChatMessage  # always sent by chat, with "" content on load/unload replies
+    done: bool  # never omitted by Ollama: a reply without it is not an Ollama reply
+    done_reason: str | None = None
+    total_duration: int | None = None
+    load_duration: int | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+
+    @property
+    def text(self) -> str:
+        return self.message.content
+
+    @property
+    def complete(self) -> bool:
+        """False for Ollama's silent repeat abort (no done:true) and for a num_predict cut."""
+        return self.done and self.done_reason != "length"
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """One entry of /api/ps."""
+
+    name: str
+    size: int
+    size_vram: int
+    expires_at: str | None = None
+
+    @property
+    def size_mib(self) -> int:
+        return self.size // (1024 * 1024)
+
+    @property
+    def size_vram_mib(self) -> int:
+        return self.size_vram // (1024 * 1024)
+
+
+class _PsEntry(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    size: int = 0
+    size_vram: int = 0
+    expires_at: str | None = None
+
+
+class _PsReply(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    models: list[_PsEntry]
+
+
+class _VersionReply(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    version: str
+
+
+def _ollama_error_text(response: httpx.Response) -> str:
+    """Ollama's `{"error": …}` text, or the start of the raw body."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    text = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(text, str):
+        text = response.text
+    return " ".join(text.split())[:_MAX_ERROR_TEXT] or f"HTTP {response.status_code}"
+
+
+def _model_missing(status: int, text: str) -> bool:
+    lowered = text.lower()
+    if status == 404:
+        return True  # chat/generate/show only answer 404 for an unknown model
+    return status == 400 and ("invalid model name" in lowered or "does not support" in lowered)
+
+
+def error_for_status(response: httpx.Response, model: str | None) -> ApiError:
+    """The ApiError for a non-2xx Ollama answer."""
+    status = response.status_code
+    text = _ollama_error_text(response)
+    if _model_missing(status, text) and model is not None:
+        return ApiError(
+            "model_not_available",
+            f"Ollama cannot run model {model!r} ({text}); pull it with `ollama pull {model}`.",
+        )
+    if status == 503:
+        return ApiError(
+            "ollama_unavailable",
+            f"Ollama is busy ({text}); try again shortly.",
+            headers={"Retry-After": str(RETRY_AFTER_S)},
+        )
+    return ApiError("ollama_bad_response", f"Ollama answered HTTP {status}: {text}")
+
+
+def unavailable(reason: str) -> ApiError:
+    return ApiError(
+        "ollama_unavailable",
+        f"Ollama cannot be reached ({reason}); check that it is running.",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def _transport_error(exc: httpx.TransportError) -> ApiError:
+    # ConnectTimeout is a TimeoutException too, but it means "nobody answers the door".
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
+        return unavailable(type(exc).__name__)
+    if isinstance(exc, httpx.TimeoutException):
+        return ApiError(
+            "ollama_timeout",
+            f"Ollama did not answer in time ({type(exc).__name__}); "
+            "raise OCR_SIDECAR_OLLAMA_TIMEOUT_S for very long pages.",
+        )
+    # RemoteProtocolError, ReadError, …: the connection broke while Ollama was answering.
+    return ApiError("ollama_bad_response", f"Ollama broke off its answer ({type(exc).__name__}).")
+
+
+class OllamaClient:
+    """The sidecar's view of Ollama; every method raises `ApiError` with a documented code."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        base_url: str,
+        *,
+        read_timeout_s: float,
+        connect_timeout_s: float,
+    ) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+        self.probe_timeout = httpx.Timeout(
+            min(PROBE_TIMEOUT_S, read_timeout_s), connect=min(PROBE_TIMEOUT_S, connect_timeout_s)
+        )
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: dict[str, Any] | None = None,
+        model: str | None = None,
+        timeouts: httpx.Timeout | None = None,
+    ) -> Any:
+        try:
+            response = await self.http.request(
+                method, self.base_url + path, json=body, timeout=timeouts or self.timeout
+            )
+        except httpx.TransportError as exc:
+            raise _transport_error(exc) from None
+        if response.status_code >= 300:
+            raise error_for_status(response, model)
+        try:
+            return response.json()
+        except (ValueError, UnicodeDecodeError):
+            raise ApiError(
+                "ollama_bad_response", f"Ollama's answer to {path} is not JSON."
+            ) from None
+
+    async def version(self) -> str:
+        data = await self._request("GET", "/api/version", timeouts=self.probe_timeout)
+        try:
+            return _VersionReply.model_validate(data).version
+        except ValidationError:
+            raise ApiError(
+                "ollama_bad_response", "Ollama's /api/version answer has no version."
+            ) from None
+
+    async def loaded_models(self, *, probe: bool = False) -> list[LoadedModel]:
+        """/api/ps: the models in memory (compare names through `model_key`)."""
+        timeouts = self.probe_timeout if probe else self.timeout
+        data = await self._request("GET", "/api/ps", timeouts=timeouts)
+        try:
+            reply = _PsReply.model_validate(data)
+        except ValidationError:
+            raise ApiError(
+                "ollama_bad_response", "Ollama's /api/ps answer has an unknown shape."
+            ) from None
+        return [LoadedModel(m.name, m.size, m.size_vram, m.expires_at) for m in reply.models]
+
+    async def chat(
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        *,
+        options: dict[str, Any],
+        keep_alive: str,
+    ) -> ChatReply:
+        """One non-streamed /api/chat; an empty `messages` list is Ollama's load call."""
+        body = {
+            "model": model,
+            "messages": messages,
+            "stream": False,
+            "options": options,
+            "keep_alive": keep_alive,
+        }
+        data = await self._request("POST", "/api/chat", body=body, model=model)
+        try:
+            return ChatReply.model_validate(data)
+        except ValidationError:
+            raise ApiError(
+                "ollama_bad_response", "Ollama's /api/chat answer has an unknown shape."
+            ) from None

@@ -1,0 +1,186 @@
+"""How long the OCR model may stay in GPU memory after a job: the `keep_alive` sent to Ollama.
+
+The GPU belongs to the LLM first (DESIGN.md §1, §5). The OCR model may linger between jobs only
+while it costs the LLM nothing. `calculate_ocr_residency` is pure: it sees the profile's ceiling,
+a VRAM snapshot, the models Ollama has loaded (/api/ps) and the thresholds, and returns
+`ResidencyDecision(keep_alive_seconds, reason, rule)`.
+
+"Used" and "free" below are the VRAM figures *with the OCR model loaded*: when /api/ps does not
+list it yet, its footprint (last seen size, when known) is added to used and taken from free.
+Every rule yields a cap; the decision is the smallest cap, and its rule is the reason given:
+
+| rule                | cap                                                                    |
+|---------------------|------------------------------------------------------------------------|
+| `ceiling`           | `profile.keep_alive` (null → Ollama's 5 min; "forever" → 1 h: the      |
+|                     | sidecar never pins a model on a GPU the LLM has priority on)           |
+| `unknown`           | 0 when VRAM is unknown (no GPU, NVML failure, unreadable file)         |
+| `critical`          | 0 when used ≥ `VRAM_CRITICAL_PCT`                                       |
+| `priority_squeezed` | 0 when a loaded priority model (`PRIORITY_MODELS` globs) is not wholly |
+|                     | in VRAM (`size_vram < size`): it already has less than it needs         |
+| `llm_reserve`       | 0 when no priority model is loaded and free < `LLM_RESERVE_MIB`: the   |
+|                     | LLM must be able to load without waiting for the OCR model to expire   |
+| `pressure`          | between `VRAM_PRESSURE_PCT` and `VRAM_CRITICAL_PCT` the ceiling shrinks |
+|                     | linearly, from the full ceiling at the pressure mark to 0 at critical   |
+
+So: never above the ceiling; 0 at or above critical; 0 when a priority model is squeezed; 0 when
+VRAM is unknown; and, since every cap only grows with free VRAM, more free VRAM never gives a
+shorter keep_alive. The decision is taken afresh for every job, and every Ollama call of the job
+carries it, so the model's residency always follows the latest picture of the GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Protocol
+
+from sidecar.durations import format_seconds
+from sidecar.ollama import LoadedModel, model_key
+from sidecar.schemas import OcrProfile
+from sidecar.vram_monitor import VramSnapshot
+
+# A "forever" ceiling (negative keep_alive) is held to this.
+FOREVER_CAP_S = 3600
+RULES = ("ceiling", "unknown", "critical", "priority_squeezed", "llm_reserve", "pressure")
+
+
+class ResidencySettings(Protocol):
+    """The part of `Settings` the policy reads."""
+
+    @property
+    def priority_models(self) -> list[str]: ...
+    @property
+    def llm_reserve_mib(self) -> int: ...
+    @property
+    def vram_pressure_pct(self) -> float: ...
+    @property
+    def vram_critical_pct(self) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ResidencyDecision:
+    keep_alive_seconds: int
+    reason: str
+    rule: str = "ceiling"
+
+    @property
+    def keep_alive(self) -> str:
+        """The value sent to Ollama, e.g. `"0s"` or `"300s"`."""
+        return format_seconds(self.keep_alive_seconds)
+
+
+def ceiling_seconds(profile: OcrProfile) -> int:
+    ceiling = profile.keep_alive_ceiling_s
+    if math.isinf(ceiling):
+        return FOREVER_CAP_S
+    return int(ceiling)
+
+
+def is_priority_model(name: str, patterns: Sequence[str]) -> bool:
+    """Glob match on the /api/ps name, with and without its `:latest` tag."""
+    key = model_key(name)
+    candidates = {key, key.removesuffix(":latest")}
+    return any(fnmatchcase(c, p.lower()) for c in candidates for p in patterns)
+
+
+def _ocr_footprint(model: str, loaded: Sequence[LoadedModel], known_mib: int | None) -> int:
+    """MiB to add to "used" for the OCR model staying: 0 when /api/ps shows it loaded."""
+    key = model_key(model)
+    if any(model_key(m.name) == key for m in loaded):
+        return 0
+    return max(known_mib or 0, 0)
+
+
+def _pct(value: float) -> str:
+    return f"{value:.0f}%"
+
+
+def calculate_ocr_residency(
+    active_profile: OcrProfile,
+    vram: VramSnapshot | None,
+    loaded_models: Sequence[LoadedModel],
+    settings: ResidencySettings,
+    *,
+    ocr_footprint_mib: int | None = None,
+) -> ResidencyDecision:
+    """keep_alive for the OCR model of `active_profile`; the rules are in the module docstring.
+
+    `ocr_footprint_mib`: the OCR model's VRAM size when last seen in /api/ps (None: unknown),
+    used only when the model is not loaded now.
+    """
+    ceiling = ceiling_seconds(active_profile)
+    caps: list[ResidencyDecision] = [
+        ResidencyDecision(ceiling, f"profile ceiling {format_seconds(ceiling)}", "ceiling")
+    ]
+    if vram is None:
+        caps.append(ResidencyDecision(0, "vram unknown: the OCR model does not stay", "unknown"))
+        return _smallest(caps)
+
+    footprint = _ocr_footprint(active_profile.model, loaded_models, ocr_footprint_mib)
+    used = vram.used_mib + footprint
+    free = max(vram.free_mib - footprint, 0)
+    used_pct = 100.0 * used / vram.total_mib if vram.total_mib > 0 else 100.0
+    critical = settings.vram_critical_pct
+    pressure = settings.vram_pressure_pct
+
+    if used_pct >= critical:
+        caps.append(
+            ResidencyDecision(
+                0, f"vram critical: {_pct(used_pct)} used ≥ {_pct(critical)}", "critical"
+            )
+        )
+
+    own = model_key(active_profile.model)
+    priority = [
+        m
+        for m in loaded_models
+        if model_key(m.name) != own and is_priority_model(m.name, settings.priority_models)
+    ]
+    for model in priority:
+        if model.size_vram < model.size:
+            caps.append(
+                ResidencyDecision(
+                    0,
+                    f"priority model {model.name} squeezed: {model.size_vram_mib} of "
+                    f"{model.size_mib} MiB in VRAM",
+                    "priority_squeezed",
+                )
+            )
+    if not priority and free < settings.llm_reserve_mib:
+        caps.append(
+            ResidencyDecision(
+                0,
+                f"llm reserve: {free} MiB free < {settings.llm_reserve_mib} MiB kept for "
+                f"{', '.join(settings.priority_models) or 'the LLM'}",
+                "llm_reserve",
+            )
+        )
+
+    if pressure <= used_pct < critical:
+        share = (critical - used_pct) / (critical - pressure)
+        scaled = math.floor(ceiling * share)
+        caps.append(
+            ResidencyDecision(
+                scaled,
+                f"vram pressure: {_pct(used_pct)} used, between {_pct(pressure)} and "
+                f"{_pct(critical)}: {format_seconds(scaled)} of {format_seconds(ceiling)}",
+                "pressure",
+            )
+        )
+
+    decision = _smallest(caps)
+    if len(caps) == 1:  # no rule limits it: say why there is room
+        return ResidencyDecision(
+            ceiling,
+            f"room: {_pct(used_pct)} used, {free} MiB free; profile ceiling "
+            f"{format_seconds(ceiling)}",
+            "ceiling",
+        )
+    return decision
+
+
+def _smallest(caps: list[ResidencyDecision]) -> ResidencyDecision:
+    # min() keeps the first of equal caps, so a 0s ceiling is reported as the ceiling.
+    return min(caps, key=lambda cap: cap.keep_alive_seconds)

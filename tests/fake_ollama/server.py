@@ -1,0 +1,716 @@
+"""A fake Ollama: a real HTTP/1.1 server on loopback speaking Ollama's wire format.
+
+Implements reference/ollama-api.md §7: `/api/chat` and `/api/generate` (streamed NDJSON and not,
+load and unload calls, `num_predict` truncation with `done_reason: "length"`), `/api/ps` with
+`size_vram` and `expires_at`, `/api/tags`, `/api/version`, `/api/show`, `GET /`; keep_alive decoded
+by Go's rules with Go's error texts; sessions, expiry (injectable clock) and reloads when runner
+options change; the error statuses and bodies of §5, checked in Ollama's order.
+
+It records every request, and can be told to be down (connection refused), hold requests until
+released (to trigger timeouts), or answer with a fault: 500, 503 busy, non-JSON, truncated JSON,
+a wrong shape, a cut connection, an error line mid-stream, or a reply without `done: true`.
+
+Simulated inference takes `latency_s` and at most `parallel` requests per model run at once
+(Ollama's OLLAMA_NUM_PARALLEL); the rest wait for a slot, as in Ollama's scheduler.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hashlib
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from tests.fake_ollama.durations import GoDurationError, decode_keep_alive
+from tests.fake_ollama.state import (
+    FakeModel,
+    LoadedRunner,
+    Registry,
+    name_key,
+    seconds_to_ns,
+    utc_timestamp,
+)
+
+VERSION = "0.33.0"
+BUSY_TEXT = "server busy, please try again.  maximum pending requests exceeded"
+_B64_ALPHABET = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=")
+_FLOAT_OPTIONS = {"temperature", "top_p", "min_p", "typical_p", "repeat_penalty",
+                  "presence_penalty", "frequency_penalty"}  # fmt: skip
+_INT_OPTIONS = {"num_predict", "num_ctx", "num_batch", "num_gpu", "main_gpu", "num_thread",
+                "num_keep", "top_k", "repeat_last_n", "seed"}  # fmt: skip
+_BOOL_OPTIONS = {"use_mmap", "numa"}
+
+
+class Fault(StrEnum):
+    ERROR_500 = "error_500"  # 500 {"error": …} before any answer
+    BUSY_503 = "busy_503"  # Ollama's scheduler queue is full
+    GARBAGE = "garbage"  # 200 text/html, not JSON
+    INVALID_JSON = "invalid_json"  # 200 application/json, cut-off JSON
+    BAD_SHAPE = "bad_shape"  # 200 JSON that is not a chat/generate reply
+    CUT = "cut"  # the connection closes halfway through the answer
+    ERROR_MID_STREAM = "error_mid_stream"  # streamed: an {"error"} line, no done chunk
+    REPEAT_ABORT = "repeat_abort"  # 200 with done:false, no done_reason, no metrics
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    method: str
+    path: str
+    headers: dict[str, str]
+    raw: bytes
+    body: Any  # parsed JSON, or None when the body is not JSON
+    received_at: float  # the fake's clock
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, text: str) -> None:
+        super().__init__(text)
+        self.status = status
+        self.text = text
+
+
+def _go_type(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "null"
+
+
+def _unmarshal_error(value: Any, struct: str, field: str, want: str) -> _ApiError:
+    return _ApiError(
+        400,
+        f"json: cannot unmarshal {_go_type(value)} into Go struct field {struct}.{field} "
+        f"of type {want}",
+    )
+
+
+def _decode_image(data: Any, struct: str) -> bytes:
+    if not isinstance(data, str):
+        raise _unmarshal_error(data, struct, "images", "api.ImageData")
+    for index, char in enumerate(data):
+        if char not in _B64_ALPHABET:
+            raise _ApiError(400, f"illegal base64 data at input byte {index}")
+    try:
+        return base64.b64decode(data, validate=True)
+    except binascii.Error:
+        raise _ApiError(400, f"illegal base64 data at input byte {len(data)}") from None
+
+
+@dataclass
+class _Job:
+    """A decoded chat or generate request."""
+
+    kind: str  # "chat" | "generate"
+    model_name: str
+    stream: bool
+    options: dict[str, Any]
+    keep_alive_s: float | None
+    images: list[bytes]
+    has_input: bool  # messages or prompt present (False: load/unload call)
+    prompt_text: str
+
+
+def _decode_job(kind: str, body: Any) -> _Job:
+    struct = "ChatRequest" if kind == "chat" else "GenerateRequest"
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise _ApiError(
+            400, f"json: cannot unmarshal {_go_type(body)} into Go value of type api.{struct}"
+        )
+    model = body.get("model", "")
+    if not isinstance(model, str):
+        raise _unmarshal_error(model, struct, "model", "string")
+    stream = body.get("stream", True)  # Ollama streams unless told otherwise
+    if stream is None:
+        stream = True
+    if not isinstance(stream, bool):
+        raise _unmarshal_error(stream, struct, "stream", "bool")
+    options = body.get("options") or {}
+    if not isinstance(options, dict):
+        raise _unmarshal_error(options, struct, "options", "map[string]interface {}")
+    keep_alive_s = None
+    if body.get("keep_alive") is not None:
+        try:
+            keep_alive_s = decode_keep_alive(body["keep_alive"])
+        except GoDurationError as exc:
+            raise _ApiError(400, str(exc)) from None
+    images: list[bytes] = []
+    texts: list[str] = []
+    if kind == "chat":
+        messages = body.get("messages") or []
+        if not isinstance(messages, list):
+            raise _unmarshal_error(messages, struct, "messages", "[]api.Message")
+        for message in messages:
+            if not isinstance(message, dict):
+                raise _unmarshal_error(message, struct, "messages", "api.Message")
+            content = message.get("content", "")
+            if not isinstance(content, str) or not isinstance(message.get("role", ""), str):
+                raise _unmarshal_error(content, struct, "messages.content", "string")
+            raw_images = message.get("images") or []
+            if not isinstance(raw_images, list):
+                raise _unmarshal_error(raw_images, struct, "messages.images", "[]api.ImageData")
+            images.extend(_decode_image(image, struct) for image in raw_images)
+            if str(message.get("role", "")).lower() == "user":
+                texts.append(content)
+        has_input = bool(messages)
+    else:
+        prompt = body.get("prompt", "")
+        if not isinstance(prompt, str):
+            raise _unmarshal_error(prompt, struct, "prompt", "string")
+        raw_images = body.get("images") or []
+        if not isinstance(raw_images, list):
+            raise _unmarshal_error(raw_images, struct, "images", "[]api.ImageData")
+        images.extend(_decode_image(image, struct) for image in raw_images)
+        texts.append(prompt)
+        has_input = bool(prompt) or bool(images)
+    return _Job(kind, model, stream, options, keep_alive_s, images, has_input, " ".join(texts))
+
+
+def _check_option_types(options: dict[str, Any]) -> None:
+    """Ollama fails a wrong option type at schedule time, with a 500."""
+    for name, value in options.items():
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if name in _FLOAT_OPTIONS and not numeric:
+            raise _ApiError(500, f'option "{name}" must be of type float32')
+        if name in _INT_OPTIONS and not numeric:
+            raise _ApiError(500, f'option "{name}" must be of type int')
+        if name in _BOOL_OPTIONS and not isinstance(value, bool):
+            raise _ApiError(500, f'option "{name}" must be of type bool')
+
+
+class FakeOllama:
+    """Start with `with FakeOllama([FakeModel("scb10x/typhoon-ocr1.5-3b")]) as fake: fake.url`."""
+
+    def __init__(
+        self,
+        models: Iterable[FakeModel] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_s: float = 0.0,
+        load_delay_s: float = 0.0,
+        parallel: int = 1,
+        clock: Callable[[], float] = time.time,
+        version: str = VERSION,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.latency_s = latency_s
+        self.load_delay_s = load_delay_s
+        self.parallel = parallel
+        self.clock = clock
+        self.version = version
+        self.registry = Registry(clock=clock)
+        for model in models or ():
+            self.registry.install(model)
+        self.scripts: dict[str, str] = {}  # sha256 of image bytes → text
+        self._lock = threading.Condition()
+        self._requests: list[RecordedRequest] = []
+        self._faults: list[tuple[Fault, int | None]] = []
+        self._slots: dict[str, threading.BoundedSemaphore] = {}
+        self._gate = threading.Event()
+        self._gate.set()
+        self._stopping = threading.Event()
+        self._connections: set[socket.socket] = set()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.active_inference = 0
+        self.peak_inference = 0
+        self.held = 0
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> FakeOllama:
+        handler = type("BoundHandler", (_Handler,), {"fake": self})
+        server = ThreadingHTTPServer((self.host, self.port), handler, bind_and_activate=False)
+        server.daemon_threads = True
+        server.block_on_close = False
+        server.allow_reuse_address = True
+        server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.server_bind()
+        server.server_activate()
+        self.port = server.server_address[1]
+        self._server = server
+        self._stopping.clear()
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True,
+            name=f"fake-ollama-{self.port}",
+        )  # fmt: skip
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop listening and drop every open connection (held requests are abandoned)."""
+        self._stopping.set()
+        self._gate.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        with self._lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def go_down(self) -> None:
+        """Ollama stops: the port refuses connections until `come_up()`."""
+        self.stop()
+
+    def come_up(self) -> None:
+        """Ollama is back on the same port (loaded models are gone, as after a restart)."""
+        with self._lock:
+            self.registry.loaded.clear()
+        self._gate.set()
+        self.start()
+
+    def __enter__(self) -> FakeOllama:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # --- knobs -------------------------------------------------------------------------------
+
+    def install(self, model: FakeModel) -> None:
+        with self._lock:
+            self.registry.install(model)
+
+    def uninstall(self, name: str) -> None:
+        with self._lock:
+            self.registry.uninstall(name)
+
+    def fail(self, fault: Fault, times: int | None = None) -> None:
+        """Answer the next `times` chat/generate requests with `fault` (None: until cleared)."""
+        with self._lock:
+            self._faults.append((fault, times))
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    def hold(self) -> None:
+        """Keep inference requests waiting (after they are recorded) until `release()`."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
+
+    def script(self, image: bytes, text: str) -> None:
+        """Answer `text` for this image (raw bytes, as decoded from the request)."""
+        with self._lock:
+            self.scripts[hashlib.sha256(image).hexdigest()] = text
+
+    # --- observation -------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def bodies(self, path: str) -> list[Any]:
+        return [request.body for request in self.requests if request.path == path]
+
+    def clear_requests(self) -> None:
+        with self._lock:
+            self._requests.clear()
+
+    def wait_for(self, predicate: Callable[[FakeOllama], bool], timeout: float = 10.0) -> bool:
+        """Block until `predicate(self)` holds (re-checked on every request event)."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while not predicate(self):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._lock.wait(remaining)
+            return True
+
+    def loaded(self) -> dict[str, LoadedRunner]:
+        with self._lock:
+            self.registry.expire()
+            return dict(self.registry.loaded)
+
+    def _notify(self) -> None:
+        with self._lock:
+            self._lock.notify_all()
+
+    # --- request handling (called from handler threads) ---------------------------------------
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+            self._lock.notify_all()
+
+    def _take_fault(self) -> Fault | None:
+        with self._lock:
+            for index, (fault, times) in enumerate(self._faults):
+                if times is None:
+                    return fault
+                if times > 0:
+                    if times == 1:
+                        del self._faults[index]
+                    else:
+                        self._faults[index] = (fault, times - 1)
+                    return fault
+            return None
+
+    def _slot(self, model: FakeModel) -> threading.BoundedSemaphore:
+        with self._lock:
+            return self._slots.setdefault(
+                name_key(model.name), threading.BoundedSemaphore(self.parallel)
+            )
+
+    def _wait_gate(self) -> None:
+        with self._lock:
+            self.held += 1
+            self._lock.notify_all()
+        try:
+            self._gate.wait()
+        finally:
+            with self._lock:
+                self.held -= 1
+                self._lock.notify_all()
+
+    def run_job(self, job: _Job) -> tuple[FakeModel, dict[str, Any], str | None]:
+        """Validate and run a chat/generate request; returns (model, reply fields, text)."""
+        with self._lock:
+            model = self._check_model(job)
+            _check_option_types(job.options)
+            if not job.has_input and job.keep_alive_s == 0:
+                self.registry.unload(model.name)
+                return model, {"done": True, "done_reason": "unload"}, None
+            runner, fresh = self.registry.begin(model, job.keep_alive_s, job.options)
+        try:
+            if fresh and self.load_delay_s > 0:
+                self._stopping.wait(self.load_delay_s)
+            if not job.has_input:
+                return model, {"done": True, "done_reason": "load"}, None
+            self._wait_gate()
+            with self._slot(model):
+                with self._lock:
+                    self.active_inference += 1
+                    self.peak_inference = max(self.peak_inference, self.active_inference)
+                    self._lock.notify_all()
+                try:
+                    if self.latency_s > 0:
+                        self._stopping.wait(self.latency_s)
+                    text = self._script_text(model, job)
+                finally:
+                    with self._lock:
+                        self.active_inference -= 1
+                        self._lock.notify_all()
+            return model, *self._generate(text, job, fresh)
+        finally:
+            with self._lock:
+                self.registry.finish(runner)
+                self._lock.notify_all()
+
+    def _check_model(self, job: _Job) -> FakeModel:
+        if not job.model_name:
+            if job.kind == "chat":
+                raise _ApiError(400, "model is required")
+            raise _ApiError(404, "model '' not found")
+        if any(char.isspace() for char in job.model_name):
+            raise _ApiError(400, "invalid model name")
+        model = self.registry.find(job.model_name)
+        if model is None:
+            raise _ApiError(404, f"model '{job.model_name}' not found")
+        if "completion" not in model.capabilities:
+            raise _ApiError(400, f'"{job.model_name}" does not support {job.kind}')
+        return model
+
+    def _script_text(self, model: FakeModel, job: _Job) -> str:
+        if job.images:
+            digest = hashlib.sha256(job.images[-1]).hexdigest()
+            with self._lock:
+                scripted = self.scripts.get(digest)
+            if scripted is not None:
+                return scripted
+            if model.text is not None:
+                return model.text
+            return f"Fake OCR text of image {digest[:12]} ({len(job.images[-1])} bytes)"
+        return model.text if model.text is not None else f"Fake reply to: {job.prompt_text[:80]}"
+
+    def _generate(self, text: str, job: _Job, fresh: bool) -> tuple[dict[str, Any], str]:
+        tokens = text.split(" ")
+        limit = job.options.get("num_predict")
+        done_reason = "stop"
+        if isinstance(limit, int) and not isinstance(limit, bool) and 0 < limit < len(tokens):
+            tokens = tokens[:limit]
+            done_reason = "length"
+        text = " ".join(tokens)
+        latency_ns = seconds_to_ns(self.latency_s)
+        load_ns = seconds_to_ns(self.load_delay_s) if fresh else 0
+        reply = {
+            "done": True,
+            "done_reason": done_reason,
+            "total_duration": latency_ns + load_ns + 1,
+            "load_duration": load_ns + 1,
+            "prompt_eval_count": len(job.prompt_text) // 4 + 256 * len(job.images) + 1,
+            "prompt_eval_duration": latency_ns // 4 + 1,
+            "eval_count": len(tokens),
+            "eval_duration": latency_ns - latency_ns // 4 + 1,
+        }
+        return reply, text
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "fake-ollama"
+    sys_version = ""
+    fake: FakeOllama  # set on the bound subclass
+
+    def setup(self) -> None:
+        super().setup()
+        with self.fake._lock:
+            self.fake._connections.add(self.connection)
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            super().finish()
+        with self.fake._lock:
+            self.fake._connections.discard(self.connection)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return  # quiet: tests read the recorded requests instead
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        except (BrokenPipeError, ConnectionResetError, TimeoutError):
+            self.close_connection = True  # the client gave up (e.g. its read timeout)
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    def _read_body(self) -> bytes:
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("content-length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def _json(self, status: int, payload: Any) -> None:
+        body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        self._send(status, body, "application/json; charset=utf-8")
+
+    def _error(self, status: int, text: str) -> None:
+        self._json(status, {"error": text})
+
+    def _cut(self, body: bytes, content_type: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: max(1, len(body) // 2)])
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _record(self, raw: bytes) -> Any:
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = None
+        self.fake._record(
+            RecordedRequest(
+                self.command, self.path, dict(self.headers.items()), raw, body, self.fake.clock()
+            )
+        )
+        return body
+
+    # --- routes ------------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        raw = self._read_body()
+        self._record(raw)
+        fake = self.fake
+        if self.path == "/":
+            self._send(200, b"Ollama is running", "text/plain; charset=utf-8")
+        elif self.path == "/api/version":
+            self._json(200, {"version": fake.version})
+        elif self.path == "/api/tags":
+            with fake._lock:
+                self._json(200, {"models": fake.registry.tags()})
+        elif self.path == "/api/ps":
+            with fake._lock:
+                self._json(200, {"models": fake.registry.ps()})
+        elif self.path in ("/api/chat", "/api/generate", "/api/show"):
+            self._send(405, b"405 method not allowed", "text/plain")
+        else:
+            self._send(404, b"404 page not found", "text/plain")
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def do_POST(self) -> None:
+        raw = self._read_body()
+        body = self._record(raw)
+        if self.path == "/api/show":
+            self._show(raw, body)
+        elif self.path in ("/api/chat", "/api/generate"):
+            self._inference(self.path.removeprefix("/api/"), raw)
+        elif self.path in ("/", "/api/version", "/api/tags", "/api/ps"):
+            self._send(405, b"405 method not allowed", "text/plain")
+        else:
+            self._send(404, b"404 page not found", "text/plain")
+
+    def _show(self, raw: bytes, body: Any) -> None:
+        name = ""
+        if isinstance(body, dict):
+            name = body.get("model") or body.get("name") or ""
+        if not name:
+            self._error(400, "model is required")
+            return
+        with self.fake._lock:
+            model = self.fake.registry.find(name)
+        if model is None:
+            self._error(404, f"model '{name_key(name)}' not found")
+            return
+        self._json(
+            200,
+            {
+                "details": model.details(),
+                "model_info": {"general.architecture": model.family},
+                "parameters": "",
+                "template": "{{ .Prompt }}",
+                "system": "",
+                "capabilities": list(model.capabilities),
+                "modified_at": utc_timestamp(self.fake.clock()),
+            },
+        )
+
+    def _inference(self, kind: str, raw: bytes) -> None:
+        fault = self.fake._take_fault()
+        if fault is not None and self._answer_fault(fault, kind):
+            return
+        if not raw:
+            self._error(400, "missing request body")
+            return
+        try:
+            body = json.loads(raw)
+        except ValueError as exc:
+            self._error(400, f"invalid character: {exc.msg}" if raw.strip() else "unexpected EOF")
+            return
+        try:
+            job = _decode_job(kind, body)
+            _model, reply, text = self.fake.run_job(job)
+        except _ApiError as exc:
+            self._error(exc.status, exc.text)
+            return
+        if self.fake._stopping.is_set():
+            self.close_connection = True
+            return
+        if fault is Fault.REPEAT_ABORT and text is not None:
+            reply = {"done": False}
+        self._reply(kind, job, reply, text or "", fault)
+
+    def _answer_fault(self, fault: Fault, kind: str) -> bool:
+        """Answer with a fault that replaces the whole request; False for in-answer faults."""
+        if fault is Fault.ERROR_500:
+            self._error(500, "llama runner process has terminated: exit status 2")
+        elif fault is Fault.BUSY_503:
+            self._error(503, BUSY_TEXT)
+        elif fault is Fault.GARBAGE:
+            self._send(200, b"<html><body>upstream proxy error</body></html>", "text/html")
+        elif fault is Fault.INVALID_JSON:
+            self._send(200, b'{"model":"m","message":{"role":"assis', "application/json")
+        elif fault is Fault.BAD_SHAPE:
+            self._json(200, {"status": "ok", "result": [1, 2, 3]})
+        else:
+            return False
+        return True
+
+    def _envelope(self, kind: str, job: _Job, content: str) -> dict[str, Any]:
+        envelope: dict[str, Any] = {
+            "model": job.model_name,
+            "created_at": utc_timestamp(time.time()),
+        }
+        if kind == "chat":
+            envelope["message"] = {"role": "assistant", "content": content}
+        else:
+            envelope["response"] = content
+        return envelope
+
+    def _reply(
+        self, kind: str, job: _Job, reply: dict[str, Any], text: str, fault: Fault | None
+    ) -> None:
+        loading = reply.get("done_reason") in ("load", "unload")
+        if not job.stream or loading:
+            payload = {**self._envelope(kind, job, text), **reply}
+            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+            if fault is Fault.CUT:
+                self._cut(body, "application/json; charset=utf-8")
+            elif fault is Fault.ERROR_MID_STREAM:
+                self._error(500, "an error was encountered while running the model")
+            else:
+                self._send(200, body, "application/json; charset=utf-8")
+            return
+        self._stream(kind, job, reply, text, fault)
+
+    def _stream(
+        self, kind: str, job: _Job, reply: dict[str, Any], text: str, fault: Fault | None
+    ) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-ndjson")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        tokens = text.split(" ")
+        deltas = [token + (" " if i < len(tokens) - 1 else "") for i, token in enumerate(tokens)]
+        for index, delta in enumerate(deltas):
+            if index == 1 and fault is Fault.CUT:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            if index == 1 and fault is Fault.ERROR_MID_STREAM:
+                self._chunk({"error": "an error was encountered while running the model"})
+                self.wfile.write(b"0\r\n\r\n")
+                return
+            self._chunk({**self._envelope(kind, job, delta), "done": False})
+        if reply.get("done"):
+            self._chunk({**self._envelope(kind, job, ""), **reply})
+        self.wfile.write(b"0\r\n\r\n")  # a repeat abort just ends, with no done:true line
+
+    def _chunk(self, payload: dict[str, Any]) -> None:
+        line = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+        self.wfile.flush()
