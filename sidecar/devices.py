@@ -186,10 +186,12 @@ class DeviceManager:
     def decide(self, placed: PlacedModel, *, initial: bool = False) -> PlacementDecision:
         """The policy's answer for `placed` now; updates how long the GPU has fitted."""
         now = self.clock()
+        cuda = self.cuda_available()
         inputs = PlacementInputs(
             mode=self.mode,
-            cuda_available=self.cuda_available(),
-            vram=self.vram.snapshot() if self.mode == "auto" else None,
+            cuda_available=cuda,
+            # Only the auto mode with CUDA present needs VRAM figures.
+            vram=self.vram.snapshot() if self.mode == "auto" and cuda else None,
             model_mib=placed.model_mib,
             headroom_mib=self.headroom_mib,
             pressure_pct=self.pressure_pct,

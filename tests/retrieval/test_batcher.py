@@ -1,0 +1,180 @@
+"""MicroBatcher on its own: budgets, scatter, overload, failures, cancellation, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.observability import Metrics
+from sidecar.retrieval.batcher import (
+    BatcherClosed,
+    BatchOutput,
+    MicroBatcher,
+    Overloaded,
+    split_by_budget,
+)
+
+
+@given(st.lists(st.integers(1, 5000), min_size=0, max_size=200), st.integers(1, 20000))
+def test_split_by_budget_covers_everything_within_budget(lengths: list[int], budget: int) -> None:
+    lengths = sorted(lengths, reverse=True)
+    spans = split_by_budget(lengths, budget)
+    assert [i for span in spans for i in span] == list(range(len(lengths)))
+    for span in spans:
+        cost = len(span) * max(lengths[i] for i in span)
+        assert cost <= budget or len(span) == 1
+    # Greedy: a batch could not have taken the next item as well.
+    for span in spans[:-1]:
+        assert (len(span) + 1) * lengths[span.start] > budget
+
+
+class GatedRunner:
+    """Doubles numbers; blocks each batch until the test opens the gate."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.gate = threading.Event()
+        self.batches: list[list[int]] = []
+        self.fail_on = fail_on
+
+    def __call__(self, payloads: list[int]) -> BatchOutput[int]:
+        self.gate.wait(30)
+        self.batches.append(list(payloads))
+        if self.fail_on is not None and self.fail_on in payloads:
+            raise ValueError("boom")
+        return BatchOutput([p * 2 for p in payloads], "cpu", "test")
+
+
+def make(runner: GatedRunner, **kwargs: int) -> MicroBatcher[int, int]:
+    options = {"max_batch_tokens": 1000, "max_queued_items": 100}
+    options.update(kwargs)
+    batcher: MicroBatcher[int, int] = MicroBatcher("embed", runner, metrics=Metrics(), **options)
+    batcher.start()
+    return batcher
+
+
+async def wait_for(batcher: MicroBatcher[int, int], predicate: object) -> None:
+    assert await asyncio.to_thread(batcher.wait_until, predicate, 30)  # type: ignore[arg-type]
+
+
+async def test_requests_are_merged_and_scattered_in_order() -> None:
+    runner = GatedRunner()
+    batcher = make(runner, max_batch_tokens=30 * 50)  # the whole second round fits one batch
+    try:
+        first = asyncio.create_task(batcher.submit([1], [10]))
+        await wait_for(batcher, lambda b: b.running == 1)
+        others = [
+            asyncio.create_task(batcher.submit([n, n + 100, n + 200], [n, 5, 50]))
+            for n in range(2, 12)
+        ]
+        await wait_for(batcher, lambda b: b.depth == 30)
+        runner.gate.set()
+        assert (await first).outputs == [2]
+        for n, task in zip(range(2, 12), others, strict=True):
+            done = await task
+            assert done.outputs == [2 * n, 2 * (n + 100), 2 * (n + 200)]
+            assert (done.device, done.reason) == ("cpu", "test")
+        assert len(runner.batches) == 2  # the lone first request, then one merged round
+        # Longest first inside the merged batch: the ten 50-token items lead, in arrival order.
+        assert runner.batches[1][:10] == list(range(202, 212))
+    finally:
+        batcher.close()
+
+
+async def test_token_budget_splits_a_round() -> None:
+    runner = GatedRunner()
+    runner.gate.set()
+    batcher = make(runner, max_batch_tokens=100)
+    try:
+        done = await batcher.submit(list(range(10)), [50] * 10)
+        assert done.outputs == [2 * n for n in range(10)]
+        assert sorted(len(b) for b in runner.batches) == [2, 2, 2, 2, 2]
+    finally:
+        batcher.close()
+
+
+async def test_full_queue_raises_overloaded() -> None:
+    runner = GatedRunner()
+    metrics = Metrics()
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        "rerank", runner, max_batch_tokens=1000, max_queued_items=4, metrics=metrics
+    )
+    batcher.start()
+    try:
+        running = asyncio.create_task(batcher.submit([1], [1]))
+        await wait_for(batcher, lambda b: b.running == 1)
+        queued = asyncio.create_task(batcher.submit([1, 2, 3, 4], [1] * 4))
+        await wait_for(batcher, lambda b: b.depth == 4)
+        with pytest.raises(Overloaded) as refused:
+            await batcher.submit([5], [1])
+        assert refused.value.retry_after_s >= 1
+        assert (
+            metrics.registry.get_sample_value(
+                "sidecar_retrieval_rejected_total", {"kind": "rerank"}
+            )
+            == 1.0
+        )
+        runner.gate.set()
+        await running
+        assert (await queued).outputs == [2, 4, 6, 8]
+        assert (await batcher.submit([5], [1])).outputs == [10]  # room again
+    finally:
+        batcher.close()
+
+
+async def test_a_failing_batch_fails_its_requests_only() -> None:
+    runner = GatedRunner(fail_on=13)
+    batcher = make(runner, max_batch_tokens=10)
+    try:
+        blocker = asyncio.create_task(batcher.submit([1], [1]))
+        await wait_for(batcher, lambda b: b.running == 1)
+        bad = asyncio.create_task(batcher.submit([13], [10]))  # a batch of its own (budget)
+        good = asyncio.create_task(batcher.submit([7], [10]))
+        await wait_for(batcher, lambda b: b.depth == 2)
+        runner.gate.set()
+        await blocker
+        with pytest.raises(ValueError, match="boom"):
+            await bad
+        assert (await good).outputs == [14]
+    finally:
+        batcher.close()
+
+
+async def test_cancelled_request_is_skipped() -> None:
+    runner = GatedRunner()
+    batcher = make(runner)
+    try:
+        blocker = asyncio.create_task(batcher.submit([1], [1]))
+        await wait_for(batcher, lambda b: b.running == 1)
+        leaving = asyncio.create_task(batcher.submit([99], [1]))
+        staying = asyncio.create_task(batcher.submit([3], [1]))
+        await wait_for(batcher, lambda b: b.depth == 2)
+        leaving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        runner.gate.set()
+        await blocker
+        assert (await staying).outputs == [6]
+        assert all(99 not in batch for batch in runner.batches)
+    finally:
+        batcher.close()
+
+
+async def test_close_fails_queued_requests() -> None:
+    runner = GatedRunner()
+    batcher = make(runner)
+    running = asyncio.create_task(batcher.submit([1], [1]))
+    await wait_for(batcher, lambda b: b.running == 1)
+    queued = asyncio.create_task(batcher.submit([2], [1]))
+    await wait_for(batcher, lambda b: b.depth == 1)
+    closing = asyncio.create_task(asyncio.to_thread(batcher.close))
+    with pytest.raises(BatcherClosed):
+        await queued
+    runner.gate.set()
+    await closing
+    assert (await running).outputs == [2]  # the batch already running still completes
+    with pytest.raises(BatcherClosed):
+        await batcher.submit([3], [1])

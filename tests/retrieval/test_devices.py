@@ -1,0 +1,235 @@
+"""The mover: real torch modules placed by injected VRAM monitors, CUDA probe and clock.
+
+There is no CUDA here, so the "GPU" torch device is the CPU (`gpu_device="cpu"`): the module still
+really changes dtype (fp16 on the GPU side, fp32 on the CPU side), the cache-emptying call and the
+metrics are observed, and the decision path is the production one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+
+from sidecar.devices import DeviceManager, PlacementWatcher
+from sidecar.observability import Metrics
+from sidecar.vram_monitor import VramSnapshot
+
+TOTAL_MIB = 16000
+
+
+@dataclass
+class ScriptedVram:
+    """A VRAM monitor the test drives."""
+
+    used_mib: int | None = 1000
+    source: str = "scripted"
+    reads: int = 0
+
+    def snapshot(self) -> VramSnapshot | None:
+        self.reads += 1
+        if self.used_mib is None:
+            return None
+        return VramSnapshot(TOTAL_MIB, self.used_mib, TOTAL_MIB - self.used_mib, "scripted", 0.0)
+
+
+@dataclass
+class FakeClock:
+    now: float = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@dataclass
+class CacheSpy:
+    calls: int = 0
+    called: threading.Event = field(default_factory=threading.Event)
+
+    def __call__(self) -> None:
+        self.calls += 1
+        self.called.set()
+
+
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
+
+
+@pytest.fixture
+def rig() -> Callable[..., tuple[DeviceManager, ScriptedVram, FakeClock, CacheSpy, Metrics]]:
+    def build(
+        *, cuda: bool = True, mode: str = "auto", settle_s: float = 30.0
+    ) -> tuple[DeviceManager, ScriptedVram, FakeClock, CacheSpy, Metrics]:
+        vram, clock, spy, metrics = ScriptedVram(), FakeClock(), CacheSpy(), Metrics()
+        manager = DeviceManager(
+            vram,
+            metrics,
+            mode=mode,  # type: ignore[arg-type]
+            pressure_pct=85.0,
+            headroom_mib=500,
+            settle_s=settle_s,
+            cuda_available=lambda: cuda,
+            gpu_device="cpu",
+            empty_cache=spy,
+            clock=clock,
+        )
+        return manager, vram, clock, spy, metrics
+
+    return build
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels)
+    return 0.0 if value is None else value
+
+
+def test_starts_on_gpu_in_fp16_when_vram_allows(rig: Callable[..., tuple]) -> None:
+    manager, _vram, _clock, spy, metrics = rig()
+    placed = manager.add("embed", tiny_model())
+    assert placed.device == "cuda" and placed.reason == "vram ok"
+    assert all(p.dtype == torch.float16 for p in placed.module.parameters())
+    assert sample(metrics, "sidecar_model_on_gpu", model="embed") == 1.0
+    assert spy.calls == 0
+
+
+def test_starts_on_cpu_in_fp32_without_cuda(rig: Callable[..., tuple]) -> None:
+    manager, vram, _clock, _spy, _metrics = rig(cuda=False)
+    placed = manager.add("embed", tiny_model().half())
+    assert placed.device == "cpu" and placed.reason == "cuda unavailable"
+    assert all(p.dtype == torch.float32 for p in placed.module.parameters())
+    assert vram.reads == 0  # no VRAM query needed to know there is no CUDA
+
+
+def test_pressure_moves_to_cpu_then_back_only_after_settling(rig: Callable[..., tuple]) -> None:
+    manager, vram, clock, spy, metrics = rig(settle_s=30.0)
+    placed = manager.add("embed", tiny_model())
+    vram.used_mib = 14_600  # 91%
+    assert manager.reconcile(placed) == "cpu"
+    assert placed.reason == "vram pressure 91% ≥ 85%"
+    assert all(p.dtype == torch.float32 for p in placed.module.parameters())
+    assert spy.calls == 1
+    assert sample(metrics, "sidecar_model_moves_total", model="embed", to="cpu") == 1.0
+    assert sample(metrics, "sidecar_model_on_gpu", model="embed") == 0.0
+
+    vram.used_mib = 2000  # room again: the settling clock starts
+    clock.now = 100.0
+    assert manager.reconcile(placed) == "cpu" and placed.reason.startswith("settling")
+    clock.now = 129.0
+    assert manager.reconcile(placed) == "cpu"
+    vram.used_mib = 14_000  # a dip resets the clock
+    clock.now = 131.0
+    assert manager.reconcile(placed) == "cpu"
+    vram.used_mib = 2000
+    clock.now = 140.0
+    assert manager.reconcile(placed) == "cpu"
+    clock.now = 169.0
+    assert manager.reconcile(placed) == "cpu"
+    clock.now = 170.0
+    assert manager.reconcile(placed) == "cuda"
+    assert all(p.dtype == torch.float16 for p in placed.module.parameters())
+    # Loading happens on the CPU, so the first placement was a move up too.
+    assert sample(metrics, "sidecar_model_moves_total", model="embed", to="cuda") == 2.0
+    assert placed.moves == 3
+    assert spy.calls == 1  # only leaving the GPU empties the cache
+
+
+def test_outputs_survive_the_round_trip(rig: Callable[..., tuple]) -> None:
+    manager, vram, _clock, _spy, _metrics = rig(settle_s=0.0)
+    model = tiny_model()
+    x = torch.randn(3, 16)
+    with torch.inference_mode():
+        reference = model(x)
+    placed = manager.add("embed", model)
+    with torch.inference_mode():
+        on_gpu = placed.module(x.to(placed.torch_device, placed.dtype)).float()
+    torch.testing.assert_close(on_gpu, reference, atol=5e-3, rtol=5e-3)
+    vram.used_mib = 15_000
+    manager.reconcile(placed)
+    with torch.inference_mode():
+        on_cpu = placed.module(x)
+    assert on_cpu.dtype == torch.float32
+    torch.testing.assert_close(on_cpu, reference, atol=5e-3, rtol=5e-3)
+
+
+def test_vram_unknown_keeps_cpu_and_pinned_modes_ignore_vram(rig: Callable[..., tuple]) -> None:
+    manager, vram, _clock, _spy, _metrics = rig()
+    vram.used_mib = None
+    assert manager.add("embed", tiny_model()).reason == "vram unknown"
+    pinned, vram_pinned, *_ = rig(mode="cuda")
+    vram_pinned.used_mib = 15_900
+    placed = pinned.add("embed", tiny_model())
+    assert pinned.reconcile(placed) == "cuda"
+    cpu_only, *_ = rig(mode="cpu")
+    assert cpu_only.add("embed", tiny_model()).device == "cpu"
+
+
+def test_a_move_waits_for_the_running_batch(rig: Callable[..., tuple]) -> None:
+    manager, vram, _clock, _spy, _metrics = rig()
+    placed = manager.add("embed", tiny_model())
+    in_batch, release, moved = threading.Event(), threading.Event(), threading.Event()
+    dtypes_seen: list[torch.dtype] = []
+
+    def batch(device: torch.device) -> None:
+        in_batch.set()
+        release.wait(10)
+        dtypes_seen.append(next(placed.module.parameters()).dtype)
+
+    worker = threading.Thread(target=manager.run, args=(placed, batch))
+    worker.start()
+    assert in_batch.wait(10)
+    vram.used_mib = 15_500
+    mover = threading.Thread(target=lambda: (manager.reconcile(placed), moved.set()))
+    mover.start()
+    assert not moved.wait(0.3)  # blocked behind the batch
+    release.set()
+    worker.join(10)
+    assert moved.wait(10)
+    mover.join(10)
+    assert dtypes_seen == [torch.float16]  # the batch never saw its model move under it
+    assert placed.device == "cpu"
+
+
+def test_cuda_oom_evacuates_and_reruns_on_cpu(rig: Callable[..., tuple]) -> None:
+    manager, _vram, _clock, spy, metrics = rig()
+    placed = manager.add("embed", tiny_model())
+    attempts: list[tuple[str, torch.dtype]] = []
+
+    def batch(device: torch.device) -> str:
+        attempts.append((placed.device, next(placed.module.parameters()).dtype))
+        if placed.device == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return "done"
+
+    result, device, reason = manager.run(placed, batch)
+    assert (result, device, reason) == ("done", "cpu", "cuda out of memory")
+    assert attempts == [("cuda", torch.float16), ("cpu", torch.float32)]
+    assert spy.calls == 1
+    assert sample(metrics, "sidecar_model_moves_total", model="embed", to="cpu") == 1.0
+
+
+def test_oom_on_cpu_is_not_swallowed(rig: Callable[..., tuple]) -> None:
+    manager, *_ = rig(cuda=False)
+    placed = manager.add("embed", tiny_model())
+
+    def batch(device: torch.device) -> None:
+        raise torch.cuda.OutOfMemoryError("odd")
+
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        manager.run(placed, batch)
+
+
+def test_watcher_evacuates_an_idle_model(rig: Callable[..., tuple]) -> None:
+    manager, vram, _clock, spy, _metrics = rig()
+    placed = manager.add("rerank", tiny_model())
+    watcher = PlacementWatcher(manager, interval_s=0.01)
+    watcher.start()
+    try:
+        vram.used_mib = 15_000
+        assert spy.called.wait(10)
+    finally:
+        watcher.stop()
+    assert placed.device == "cpu"

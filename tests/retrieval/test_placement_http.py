@@ -1,0 +1,97 @@
+"""Placement seen through HTTP: headers, /health and /metrics follow the model between devices.
+
+The model is the real MiniLM embedder, loaded fresh (it gets cast), on a stand-in GPU: CUDA
+probe injected as present, GPU torch device = CPU, so the fp16 path really runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from sidecar.devices import DeviceManager
+from sidecar.observability import Metrics
+from sidecar.retrieval.embedder import EmbedItem
+from sidecar.retrieval.loading import load_embedder, load_reranker
+from sidecar.vram_monitor import VramMonitor
+from tests.retrieval.conftest import RunningApp, SharedModels, VramFile
+from tests.retrieval.test_devices import CacheSpy, FakeClock
+
+SETTLE_S = 30.0
+
+
+def test_embed_follows_the_model_between_gpu_and_cpu(
+    start_app: Callable[..., RunningApp],
+    shared_models: SharedModels,
+    vram_file: VramFile,
+    minilm_path: str,
+) -> None:
+    clock, spy = FakeClock(), CacheSpy()
+
+    def devices(vram: VramMonitor, metrics: Metrics) -> DeviceManager:
+        return DeviceManager(
+            vram,
+            metrics,
+            pressure_pct=85.0,
+            settle_s=SETTLE_S,
+            cuda_available=lambda: True,
+            gpu_device="cpu",
+            empty_cache=spy,
+            clock=clock,
+        )
+
+    torch.manual_seed(0)
+    app = start_app(
+        embed_loader=load_embedder,
+        rerank_loader=load_reranker,
+        vram=vram_file.monitor,
+        devices=devices,
+        service_kwargs={"watch_interval_s": 3600.0},  # the test drives reconcile itself
+    )
+    text = {"inputs": ["The invoice total is 1,250 baht."]}
+    embedder = shared_models.embedder
+    item = EmbedItem(embedder.tokenize(text["inputs"], True)[0], want_sparse=False)
+    reference = embedder.forward([item], torch.device("cpu"))[0].dense
+    reference = reference / np.linalg.norm(reference)
+
+    on_gpu = app.client.post("/embed", json=text)
+    assert on_gpu.status_code == 200
+    assert on_gpu.headers["x-compute-device"] == "cuda"
+    assert "x-compute-device-reason" not in on_gpu.headers
+    assert on_gpu.json()["device"] == "cuda"
+    vector = np.asarray(on_gpu.json()["dense"][0])
+    assert float(vector @ reference) > 0.999  # fp16 vs fp32: same direction
+    health = app.client.get("/health").json()["models"]["embed"]
+    assert (health["device"], health["dtype"]) == ("cuda", "float16")
+
+    vram_file.set_used(14_600)  # 91% of 16000
+    app.service.devices.reconcile_all()
+    on_cpu = app.client.post("/embed", json=text)
+    assert on_cpu.headers["x-compute-device"] == "cpu"
+    assert on_cpu.headers["x-compute-device-reason"] == "vram pressure 91% >= 85%"
+    assert float(np.asarray(on_cpu.json()["dense"][0]) @ reference) > 0.999
+    health = app.client.get("/health").json()["models"]["embed"]
+    assert (health["device"], health["dtype"], health["reason"]) == (
+        "cpu",
+        "float32",
+        "vram pressure 91% ≥ 85%",
+    )
+    assert spy.calls == 2  # both models left the GPU
+    rerank = app.client.post("/rerank", json={"query": "total", "texts": ["a", "b"]})
+    assert rerank.headers["x-compute-device"] == "cpu"
+
+    vram_file.set_used(2000)
+    app.service.devices.reconcile_all()
+    settling = app.client.post("/embed", json=text)
+    assert settling.headers["x-compute-device-reason"].startswith("settling")
+    clock.now += SETTLE_S
+    app.service.devices.reconcile_all()
+    back = app.client.post("/embed", json=text)
+    assert back.headers["x-compute-device"] == "cuda"
+
+    metrics = app.client.get("/metrics").text
+    assert 'sidecar_model_moves_total{model="embed",to="cpu"} 1.0' in metrics
+    assert 'sidecar_model_moves_total{model="embed",to="cuda"} 2.0' in metrics
+    assert 'sidecar_model_on_gpu{model="embed"} 1.0' in metrics

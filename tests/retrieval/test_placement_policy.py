@@ -1,0 +1,127 @@
+"""Properties of the pure placement policy `decide_placement`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
+from sidecar.devices import PlacementInputs, decide_placement
+from sidecar.vram_monitor import VramSnapshot
+
+
+@st.composite
+def snapshots(draw: st.DrawFn) -> VramSnapshot:
+    total = draw(st.integers(1000, 200_000))
+    used = draw(st.integers(0, total))
+    return VramSnapshot(total, used, total - used, "file", 0.0)
+
+
+@st.composite
+def placement_inputs(draw: st.DrawFn) -> PlacementInputs:
+    return PlacementInputs(
+        mode=draw(st.sampled_from(["auto", "cpu", "cuda"])),
+        cuda_available=draw(st.booleans()),
+        vram=draw(st.none() | snapshots()),
+        model_mib=draw(st.integers(1, 5000)),
+        headroom_mib=draw(st.integers(0, 4000)),
+        pressure_pct=draw(st.floats(10, 100)),
+        current=draw(st.sampled_from(["cpu", "cuda"])),
+        fit_held_s=draw(st.floats(0, 1000)),
+        settle_s=draw(st.floats(0, 300)),
+    )
+
+
+auto_inputs = placement_inputs().map(
+    lambda i: dataclasses.replace(i, mode="auto", cuda_available=True)
+)
+
+
+@given(placement_inputs())
+def test_cpu_when_pinned_to_cpu_or_cuda_absent(inputs: PlacementInputs) -> None:
+    decision = decide_placement(inputs)
+    if inputs.mode == "cpu":
+        assert decision.device == "cpu" and decision.reason == "MODEL_DEVICE=cpu"
+    elif not inputs.cuda_available:
+        assert decision.device == "cpu" and decision.reason == "cuda unavailable"
+    assert decision.reason  # always says why
+
+
+@given(auto_inputs)
+def test_cpu_when_vram_unknown_or_under_pressure(inputs: PlacementInputs) -> None:
+    decision = decide_placement(inputs)
+    if inputs.vram is None:
+        assert decision.device == "cpu" and decision.reason == "vram unknown"
+    elif inputs.vram.used_pct >= inputs.pressure_pct:
+        assert decision.device == "cpu"
+        assert decision.reason.startswith("vram pressure ")
+
+
+@given(auto_inputs)
+def test_gpu_only_when_the_model_and_headroom_fit_and_settled(inputs: PlacementInputs) -> None:
+    decision = decide_placement(inputs)
+    if decision.device != "cuda":
+        return
+    vram = inputs.vram
+    assert vram is not None and vram.used_pct < inputs.pressure_pct
+    if inputs.current == "cpu":
+        needed = inputs.model_mib + inputs.headroom_mib
+        assert vram.free_mib >= needed
+        assert 100.0 * (vram.used_mib + needed) / vram.total_mib < inputs.pressure_pct
+        assert inputs.fit_held_s >= inputs.settle_s
+
+
+@given(auto_inputs)
+def test_a_move_up_never_bounces_straight_back(inputs: PlacementInputs) -> None:
+    assume(inputs.current == "cpu" and inputs.vram is not None)
+    decision = decide_placement(inputs)
+    assume(decision.device == "cuda")
+    vram = inputs.vram
+    after = VramSnapshot(
+        vram.total_mib,
+        vram.used_mib + inputs.model_mib,
+        vram.free_mib - inputs.model_mib,
+        "file",
+        0.0,
+    )
+    moved = dataclasses.replace(inputs, vram=after, current="cuda", fit_held_s=0.0)
+    assert decide_placement(moved).device == "cuda"
+
+
+@given(auto_inputs, st.floats(0, 1000), st.integers(0, 100_000))
+def test_monotone_in_waiting_and_in_free_vram(
+    inputs: PlacementInputs, more_wait: float, freed_mib: int
+) -> None:
+    """Waiting longer, or having more free VRAM, never turns a GPU decision into a CPU one."""
+    assume(inputs.vram is not None)
+    assume(decide_placement(inputs).device == "cuda")
+    vram = inputs.vram
+    freed = min(freed_mib, vram.used_mib)
+    roomier = VramSnapshot(vram.total_mib, vram.used_mib - freed, vram.free_mib + freed, "f", 0.0)
+    later = dataclasses.replace(inputs, fit_held_s=inputs.fit_held_s + more_wait, vram=roomier)
+    assert decide_placement(later).device == "cuda"
+
+
+@given(auto_inputs)
+def test_settling_reports_that_the_gpu_fits(inputs: PlacementInputs) -> None:
+    """The caller keeps the settling clock from `gpu_fits`: it is set exactly when VRAM allows."""
+    assume(inputs.current == "cpu")
+    decision = decide_placement(inputs)
+    unsettled = dataclasses.replace(inputs, fit_held_s=0.0, settle_s=inputs.settle_s + 1.0)
+    waited = dataclasses.replace(inputs, fit_held_s=1e9)
+    assert decide_placement(unsettled).gpu_fits == (decide_placement(waited).device == "cuda")
+    if decision.device == "cpu" and decision.gpu_fits:
+        assert decision.reason.startswith("settling")
+
+
+@given(snapshots(), st.sampled_from(["cpu", "cuda"]))
+def test_pinned_cuda_ignores_vram(vram: VramSnapshot, current: str) -> None:
+    inputs = PlacementInputs("cuda", True, vram, 100, 100, 85.0, current, 0.0, 30.0)  # type: ignore[arg-type]
+    assert decide_placement(inputs).device == "cuda"
+
+
+def test_reason_reads_like_the_contract() -> None:
+    vram = VramSnapshot(16000, 14560, 1440, "nvml", 0.0)
+    inputs = PlacementInputs("auto", True, vram, 1100, 1024, 85.0, "cuda", 0.0, 30.0)
+    assert decide_placement(inputs).reason == "vram pressure 91% ≥ 85%"
