@@ -135,7 +135,8 @@ class PdfDocument:
                 page = self._pdf[number - 1]
                 try:
                     width_pt, height_pt = page.get_size()
-                    scale = TARGET_LONG_SIDE_PX / max(width_pt, height_pt, 1.0)
+                    # pdfium rounds sizes up: shave a hair so 1800.0000001 px stays 1800
+                    scale = TARGET_LONG_SIDE_PX / max(width_pt, height_pt, 1.0) * (1 - 1e-9)
                     bitmap = page.render(scale=scale, rev_byteorder=True)
                     # copy(): the PIL image must not borrow pdfium's buffer once we unlock.
                     image = bitmap.to_pil().copy()

@@ -24,6 +24,7 @@ from starlette.requests import Request
 
 from sidecar.config import Settings
 from sidecar.errors import ApiError
+from sidecar.ocr.messages import build_options
 from sidecar.schemas import OcrJob, OcrRequest
 from sidecar.security import read_upload
 
@@ -65,13 +66,17 @@ async def _body_chunks(request: Request, limit: int, what: str) -> AsyncIterator
 
 
 def _validate(model: type[BaseModel], raw: bytes) -> BaseModel:
+    """Parse and check a job: the schema, then the Ollama options (before any file is read)."""
     try:
-        return model.model_validate_json(raw)
+        job = model.model_validate_json(raw)
     except ValidationError as exc:
         errors = exc.errors(include_url=False, include_input=False, include_context=False)
         for error in errors:
             error["loc"] = ("body", *error["loc"])
         raise RequestValidationError(errors) from None
+    assert isinstance(job, OcrJob)
+    build_options(job)
+    return job
 
 
 async def read_path_mode(request: Request, settings: Settings) -> tuple[OcrJob, bytes]:
