@@ -180,7 +180,7 @@ def test_null_parameters_are_omitted_so_the_modelfile_applies(
             "repeat_penalty": None,
             "max_tokens": None,
             "options": {},
-        }  # fmt: skip
+        }
     )
     job["profile"]["top_p"] = None  # explicit null, not just absent
     response = sidecar.upload(make_image("PNG"), job)
