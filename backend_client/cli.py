@@ -442,7 +442,10 @@ async def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_request:  # --help, or a usage error already printed
+        return exit_request.code if isinstance(exit_request.code, int) else EXIT_USAGE
     logging.basicConfig(
         level=logging.WARNING if getattr(args, "verbose", False) else logging.ERROR,
         format=f"{PROG}: %(message)s",
