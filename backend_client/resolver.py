@@ -9,16 +9,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from sqlalchemy import and_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from backend_client.db import Database, database_error
 from backend_client.errors import ActivePromptUnavailable, ProfileNotFound
-from backend_client.repositories import (
-    ProfileRepository,
-    PromptRepository,
-    profile_values,
-    prompt_values,
-)
+from backend_client.models import AiExecutionProfile, AiPrompt
+from backend_client.repositories import profile_values, prompt_values
 from backend_client.snapshot import (
     OCR_PROFILE_NAME,
     OCR_PROMPT_KEY,
@@ -52,21 +49,27 @@ class SnapshotResolver:
     async def read(
         self, profile_name: str = OCR_PROFILE_NAME, prompt_key: str = OCR_PROMPT_KEY
     ) -> StoredRows:
-        """Both rows, read in one transaction; `ProfileNotFound` if the profile is missing."""
+        """Both rows, read in one query; `ProfileNotFound` if the profile is missing."""
+        # One statement: one round trip, and both rows from the same snapshot.
+        statement = (
+            select(AiExecutionProfile, AiPrompt)
+            .outerjoin(AiPrompt, and_(AiPrompt.prompt_key == prompt_key, AiPrompt.is_active))
+            .where(AiExecutionProfile.name == profile_name)
+        )
         try:
-            async with self.db.transaction() as session:
-                profile = await ProfileRepository(session).get(profile_name)
-                if profile is None:
-                    raise ProfileNotFound(profile_name)
-                prompt = await PromptRepository(session).active(prompt_key)
-                stored_prompt = (
-                    None
-                    if prompt is None
-                    else StoredPrompt(prompt.id, prompt.version, prompt_values(prompt))
-                )
-                return StoredRows(profile_name, prompt_key, profile_values(profile), stored_prompt)
+            async with self.db.sessions() as session:
+                found = (await session.execute(statement)).first()
         except SQLAlchemyError as exc:
             raise database_error(exc, self.db.url) from None
+        if found is None:
+            raise ProfileNotFound(profile_name)
+        profile, prompt = found
+        stored_prompt = (
+            None
+            if prompt is None
+            else StoredPrompt(prompt.id, prompt.version, prompt_values(prompt))
+        )
+        return StoredRows(profile_name, prompt_key, profile_values(profile), stored_prompt)
 
     async def resolve(
         self, profile_name: str = OCR_PROFILE_NAME, prompt_key: str = OCR_PROMPT_KEY
