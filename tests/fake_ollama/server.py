@@ -223,7 +223,7 @@ class FakeOllama:
         self.scripts: dict[str, str] = {}  # sha256 of image bytes → text
         self._lock = threading.Condition()
         self._requests: list[RecordedRequest] = []
-        self._faults: list[tuple[Fault, int | None]] = []
+        self._faults: list[list[Any]] = []  # [fault, times left (None: forever), skip first]
         self._slots: dict[str, threading.BoundedSemaphore] = {}
         self._gate = threading.Event()
         self._gate.set()
@@ -231,8 +231,10 @@ class FakeOllama:
         self._connections: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
-        self.active_inference = 0
+        self.active_inference = 0  # generating now (inside a parallel slot)
         self.peak_inference = 0
+        self.in_flight = 0  # inference requests received and not yet answered
+        self.peak_in_flight = 0
         self.held = 0
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -304,10 +306,11 @@ class FakeOllama:
         with self._lock:
             self.registry.uninstall(name)
 
-    def fail(self, fault: Fault, times: int | None = None) -> None:
-        """Answer the next `times` chat/generate requests with `fault` (None: until cleared)."""
+    def fail(self, fault: Fault, times: int | None = None, *, skip: int = 0) -> None:
+        """Answer chat/generate requests with `fault`: after `skip` good ones, `times` of them
+        (None: until cleared)."""
         with self._lock:
-            self._faults.append((fault, times))
+            self._faults.append([fault, times, skip])
 
     def clear_faults(self) -> None:
         with self._lock:
@@ -368,16 +371,18 @@ class FakeOllama:
 
     def _take_fault(self) -> Fault | None:
         with self._lock:
-            for index, (fault, times) in enumerate(self._faults):
-                if times is None:
-                    return fault
-                if times > 0:
-                    if times == 1:
-                        del self._faults[index]
-                    else:
-                        self._faults[index] = (fault, times - 1)
-                    return fault
-            return None
+            if not self._faults:
+                return None
+            entry = self._faults[0]
+            fault, times, skip = entry
+            if skip > 0:
+                entry[2] = skip - 1
+                return None
+            if times is not None:
+                entry[1] = times - 1
+                if entry[1] <= 0:
+                    self._faults.pop(0)
+            return fault
 
     def _slot(self, model: FakeModel) -> threading.BoundedSemaphore:
         with self._lock:
@@ -410,6 +415,17 @@ class FakeOllama:
                 self._stopping.wait(self.load_delay_s)
             if not job.has_input:
                 return model, {"done": True, "done_reason": "load"}, None
+            return model, *self._infer(model, job, fresh)
+        finally:
+            with self._lock:
+                self.registry.finish(runner)
+                self._lock.notify_all()
+
+    def _infer(self, model: FakeModel, job: _Job, fresh: bool) -> tuple[dict[str, Any], str]:
+        with self._lock:
+            self.in_flight += 1
+            self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
             self._wait_gate()
             with self._slot(model):
                 with self._lock:
@@ -424,10 +440,10 @@ class FakeOllama:
                     with self._lock:
                         self.active_inference -= 1
                         self._lock.notify_all()
-            return model, *self._generate(text, job, fresh)
+            return self._generate(text, job, fresh)
         finally:
             with self._lock:
-                self.registry.finish(runner)
+                self.in_flight -= 1
                 self._lock.notify_all()
 
     def _check_model(self, job: _Job) -> FakeModel:
@@ -489,12 +505,14 @@ class _Handler(BaseHTTPRequestHandler):
         super().setup()
         with self.fake._lock:
             self.fake._connections.add(self.connection)
+            self.fake._lock.notify_all()
 
     def finish(self) -> None:
         with contextlib.suppress(OSError):
             super().finish()
         with self.fake._lock:
             self.fake._connections.discard(self.connection)
+            self.fake._lock.notify_all()
 
     def log_message(self, format: str, *args: Any) -> None:
         return  # quiet: tests read the recorded requests instead

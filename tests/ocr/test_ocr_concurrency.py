@@ -1,0 +1,96 @@
+"""Admission control over real HTTP: slots, the bounded queue, 429, and /live staying responsive."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+
+from tests.fake_ollama import FakeOllama
+from tests.fixtures.documents import make_image
+from tests.ocr.conftest import Sidecar, eventually, make_job
+from tests.ocr.test_ocr_api import assert_problem
+
+PNG = make_image("PNG", (1800, 1200))
+
+
+def upload_kwargs() -> dict:
+    return {"files": {"file": ("a.png", PNG), "job": (None, json.dumps(make_job()))}}
+
+
+def queue(sidecar: Sidecar) -> dict[str, int]:
+    return sidecar.client.get("/health").json()["queues"]["ocr"]
+
+
+async def test_fifty_concurrent_jobs_never_block_live(start_sidecar, fake_ollama: FakeOllama):
+    sidecar = start_sidecar(max_concurrent_ocr=2, queue_size=64)
+    limits = httpx.Limits(max_connections=60)
+    headers = sidecar.client.headers
+    async with httpx.AsyncClient(
+        base_url=sidecar.url, headers=headers, limits=limits, timeout=60
+    ) as client:
+        fake_ollama.hold()
+        try:
+            jobs = [asyncio.create_task(client.post("/ocr", **upload_kwargs())) for _ in range(50)]
+            assert await asyncio.to_thread(fake_ollama.wait_for, lambda f: f.held == 2)
+            assert await asyncio.to_thread(eventually, lambda: queue(sidecar)["waiting"] == 48)
+            for _ in range(5):  # while 2 jobs sit in Ollama and 48 wait in the queue
+                live = await client.get("/live")
+                assert live.status_code == 200
+            assert queue(sidecar)["active"] == 2
+            assert sidecar.metric("sidecar_ocr_queue_depth") == 48
+        finally:
+            fake_ollama.release()
+        responses = await asyncio.gather(*jobs)
+    assert [r.status_code for r in responses] == [200] * 50
+    assert fake_ollama.peak_in_flight == 2  # never more than MAX_CONCURRENT_OCR in Ollama
+    assert max(r.json()["timings"]["queue_ms"] for r in responses) > 0
+    assert sidecar.metric("sidecar_ocr_queue_wait_seconds_count") == 50
+    assert queue(sidecar) | {"limit": 2} == {
+        "active": 0,
+        "waiting": 0,
+        "max_concurrent": 2,
+        "limit": 2,
+        "queue_size": 64,
+    }
+
+
+async def test_full_queue_is_429_with_retry_after(start_sidecar, fake_ollama: FakeOllama):
+    sidecar = start_sidecar(max_concurrent_ocr=1, queue_size=2)
+    async with httpx.AsyncClient(
+        base_url=sidecar.url, headers=sidecar.client.headers, timeout=60
+    ) as client:
+        fake_ollama.hold()
+        try:
+            jobs = [asyncio.create_task(client.post("/ocr", **upload_kwargs())) for _ in range(3)]
+            assert await asyncio.to_thread(fake_ollama.wait_for, lambda f: f.held == 1)
+            assert await asyncio.to_thread(eventually, lambda: queue(sidecar)["waiting"] == 2)
+            refused = await client.post("/ocr", **upload_kwargs())
+            assert_problem(refused, 429, "overloaded")
+            assert int(refused.headers["retry-after"]) >= 1
+        finally:
+            fake_ollama.release()
+        assert [r.status_code for r in await asyncio.gather(*jobs)] == [200] * 3
+    assert sidecar.metric("sidecar_ocr_rejected_total") == 1
+    assert sidecar.upload(PNG, make_job()).status_code == 200  # room again
+
+
+async def test_critical_vram_admits_one_job_at_a_time(start_sidecar, fake_ollama, vram):
+    sidecar = start_sidecar(max_concurrent_ocr=3, queue_size=8)
+    vram.used_pct(97)
+    async with httpx.AsyncClient(
+        base_url=sidecar.url, headers=sidecar.client.headers, timeout=60
+    ) as client:
+        fake_ollama.hold()
+        try:
+            jobs = [asyncio.create_task(client.post("/ocr", **upload_kwargs())) for _ in range(3)]
+            assert await asyncio.to_thread(eventually, lambda: queue(sidecar)["waiting"] == 2)
+            assert fake_ollama.held == 1
+            assert queue(sidecar)["limit"] == 1
+        finally:
+            fake_ollama.release()
+        responses = await asyncio.gather(*jobs)
+    assert [r.status_code for r in responses] == [200] * 3
+    assert {r.json()["residency"]["keep_alive"] for r in responses} == {"0s"}
+    assert fake_ollama.peak_in_flight == 1

@@ -1,0 +1,113 @@
+"""Every Ollama failure over real HTTP: the documented code, and a sidecar that stays healthy."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fake_ollama import FakeOllama, Fault
+from tests.fixtures.documents import make_image, text_pdf
+from tests.ocr.conftest import Sidecar, make_job
+from tests.ocr.test_ocr_api import assert_problem
+
+PNG = make_image("PNG", (1800, 1200))  # needs no scaling: the tests spend no time on pixels
+
+BAD_RESPONSES = [
+    Fault.ERROR_500,
+    Fault.GARBAGE,
+    Fault.INVALID_JSON,
+    Fault.BAD_SHAPE,
+    Fault.CUT,
+]
+
+
+def assert_healthy(sidecar: Sidecar) -> None:
+    assert sidecar.client.get("/live").status_code == 200
+    response = sidecar.upload(PNG, make_job())
+    assert response.status_code == 200, response.text
+    assert response.json()["pages"][0]["complete"] is True
+
+
+@pytest.mark.parametrize("fault", BAD_RESPONSES)
+@pytest.mark.parametrize("on", ["load call", "page call"])
+def test_bad_answers_are_502(sidecar: Sidecar, fake_ollama: FakeOllama, fault: Fault, on: str):
+    fake_ollama.fail(fault, times=1, skip=0 if on == "load call" else 1)
+    body = assert_problem(sidecar.upload(PNG, make_job()), 502, "ollama_bad_response")
+    assert "Traceback" not in body["detail"]
+    labels = {"code": "ollama_bad_response"}
+    assert sidecar.metric("sidecar_ollama_errors_total", labels) == 1
+    assert_healthy(sidecar)
+
+
+def test_ollama_500_text_is_passed_on(sidecar: Sidecar, fake_ollama: FakeOllama):
+    fake_ollama.fail(Fault.ERROR_500, times=1)
+    body = assert_problem(sidecar.upload(PNG, make_job()), 502, "ollama_bad_response")
+    assert "HTTP 500" in body["detail"] and "llama runner process has terminated" in body["detail"]
+
+
+def test_busy_ollama_is_503_with_retry_after(sidecar: Sidecar, fake_ollama: FakeOllama):
+    fake_ollama.fail(Fault.BUSY_503, times=1)
+    response = sidecar.upload(PNG, make_job())
+    assert_problem(response, 503, "ollama_unavailable")
+    assert int(response.headers["retry-after"]) > 0
+    assert_healthy(sidecar)
+
+
+def test_unreachable_ollama_is_503_and_not_ready(sidecar: Sidecar, fake_ollama: FakeOllama):
+    assert sidecar.client.get("/ready").status_code == 200
+    fake_ollama.go_down()
+    response = sidecar.upload(PNG, make_job())
+    body = assert_problem(response, 503, "ollama_unavailable")
+    assert int(response.headers["retry-after"]) > 0
+    assert fake_ollama.url not in body["detail"]
+    ready = sidecar.client.get("/ready")
+    assert_problem(ready, 503, "not_ready")
+    assert "ollama unreachable" in ready.json()["reasons"]
+    health = sidecar.client.get("/health").json()
+    assert health["ollama"]["reachable"] is False
+    assert sidecar.client.get("/live").status_code == 200
+    fake_ollama.come_up()
+    assert sidecar.client.get("/ready").status_code == 200
+    assert_healthy(sidecar)
+
+
+def test_slow_ollama_is_504(start_sidecar, fake_ollama: FakeOllama):
+    sidecar = start_sidecar(ollama_timeout_s=0.3)
+    fake_ollama.hold()  # page calls wait; the load call does not
+    try:
+        assert_problem(sidecar.upload(PNG, make_job()), 504, "ollama_timeout")
+    finally:
+        fake_ollama.release()
+    assert sidecar.metric("sidecar_ollama_errors_total", {"code": "ollama_timeout"}) == 1
+    assert_healthy(sidecar)
+
+
+def test_unknown_model_is_424(sidecar: Sidecar, fake_ollama: FakeOllama):
+    response = sidecar.upload(PNG, make_job(profile={"model": "scb10x/typhoon-ocr-9b"}))
+    body = assert_problem(response, 424, "model_not_available")
+    assert "scb10x/typhoon-ocr-9b" in body["detail"]
+    assert_healthy(sidecar)
+
+
+def test_model_removed_between_jobs_is_424(sidecar: Sidecar, fake_ollama: FakeOllama):
+    assert_healthy(sidecar)
+    fake_ollama.uninstall("scb10x/typhoon-ocr1.5-3b")
+    assert_problem(sidecar.upload(text_pdf(2), make_job()), 424, "model_not_available")
+
+
+def test_no_connection_leaks_after_faults(start_sidecar, fake_ollama: FakeOllama):
+    # Pool of max_concurrent_ocr + 4 = 5 connections; a leaked one per failure would exhaust it
+    # and the last request would then fail on the pool timeout (= OLLAMA_TIMEOUT_S) with 504.
+    sidecar = start_sidecar(max_concurrent_ocr=1, ollama_timeout_s=0.3)
+    pool_size = 5
+    for _ in range(2):
+        for fault in [*BAD_RESPONSES, Fault.BUSY_503]:
+            fake_ollama.fail(fault, times=1, skip=1)
+            assert sidecar.upload(PNG, make_job()).status_code in (502, 503)
+        fake_ollama.hold()
+        try:
+            for _ in range(pool_size + 1):
+                assert sidecar.upload(PNG, make_job()).status_code == 504
+        finally:
+            fake_ollama.release()
+    assert_healthy(sidecar)
+    assert fake_ollama.wait_for(lambda fake: len(fake._connections) <= pool_size)
