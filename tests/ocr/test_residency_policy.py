@@ -1,0 +1,209 @@
+"""The residency policy (DESIGN.md §5): hypothesis properties plus the worked examples."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.ollama import LoadedModel
+from sidecar.residency_policy import (
+    FOREVER_CAP_S,
+    calculate_ocr_residency,
+    ceiling_seconds,
+    is_priority_model,
+)
+from sidecar.schemas import OcrProfile
+from sidecar.vram_monitor import VramSnapshot
+
+MIB = 1024 * 1024
+OCR = "scb10x/typhoon-ocr1.5-3b"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    priority_models: list[str] = field(default_factory=lambda: ["typhoon2.5*"])
+    llm_reserve_mib: int = 9000
+    vram_pressure_pct: float = 85.0
+    vram_critical_pct: float = 95.0
+
+
+def snapshot(total: int, used: int, free: int | None = None) -> VramSnapshot:
+    return VramSnapshot(total, used, total - used if free is None else free, "file", time.time())
+
+
+def loaded(name: str, size_mib: int, vram_mib: int | None = None) -> LoadedModel:
+    vram = size_mib if vram_mib is None else vram_mib
+    return LoadedModel(name, size_mib * MIB, vram * MIB, None)
+
+
+# --- strategies --------------------------------------------------------------------------------
+
+ceilings = st.one_of(
+    st.none(),
+    st.integers(min_value=-5, max_value=7200),
+    st.sampled_from(["0", "0s", "90s", "5m", "1h", "-1m", "1h30m", "2.5m"]),
+)
+thresholds = st.builds(
+    lambda pressure, gap, reserve: Thresholds(
+        llm_reserve_mib=reserve,
+        vram_pressure_pct=pressure,
+        vram_critical_pct=min(100.0, pressure + gap),
+    ),
+    st.floats(min_value=10, max_value=99),
+    st.floats(min_value=0, max_value=40),
+    st.integers(min_value=0, max_value=20000),
+)
+model_lists = st.lists(
+    st.builds(
+        loaded,
+        st.sampled_from([OCR, "typhoon2.5-qwen3-4b", "typhoon2.5:latest", "llama3:8b", "other"]),
+        st.integers(min_value=100, max_value=12000),
+        st.one_of(st.none(), st.integers(min_value=0, max_value=12000)),
+    ),
+    max_size=3,
+    unique_by=lambda model: model.name,
+)
+footprints = st.one_of(st.none(), st.integers(min_value=0, max_value=8000))
+
+
+@st.composite
+def vram_pairs(draw: st.DrawFn) -> tuple[VramSnapshot, VramSnapshot]:
+    """Two snapshots of one GPU, the second with at least as much free memory."""
+    total = draw(st.integers(min_value=1000, max_value=200_000))
+    reserved = draw(st.integers(min_value=0, max_value=total // 20))
+    used_a = draw(st.integers(min_value=0, max_value=total - reserved))
+    used_b = draw(st.integers(min_value=0, max_value=used_a))
+    a = snapshot(total, used_a, total - reserved - used_a)
+    b = snapshot(total, used_b, total - reserved - used_b)
+    return a, b
+
+
+def decide(ceiling, vram, models, settings, footprint=None):
+    profile = OcrProfile(model=OCR, keep_alive=ceiling)
+    return calculate_ocr_residency(profile, vram, models, settings, ocr_footprint_mib=footprint)
+
+
+# --- properties --------------------------------------------------------------------------------
+
+
+@given(ceilings, vram_pairs(), model_lists, thresholds, footprints)
+def test_never_above_the_profile_ceiling(ceiling, pair, models, settings, footprint):
+    decision = decide(ceiling, pair[0], models, settings, footprint)
+    assert (
+        0
+        <= decision.keep_alive_seconds
+        <= ceiling_seconds(OcrProfile(model=OCR, keep_alive=ceiling))
+    )
+
+
+@given(ceilings, vram_pairs(), model_lists, thresholds, footprints)
+def test_zero_at_or_above_critical(ceiling, pair, models, settings, footprint):
+    vram = pair[0]
+    decision = decide(ceiling, vram, models, settings, footprint)
+    if vram.used_pct >= settings.vram_critical_pct:
+        assert decision.keep_alive_seconds == 0
+
+
+@given(ceilings, model_lists, thresholds)
+def test_zero_when_vram_is_unknown(ceiling, models, settings):
+    decision = decide(ceiling, None, models, settings)
+    assert decision.keep_alive_seconds == 0
+    assert decision.rule in ("unknown", "ceiling")  # a 0s ceiling is reported as the ceiling
+
+
+@given(ceilings, vram_pairs(), model_lists, thresholds, footprints)
+def test_zero_when_a_loaded_priority_model_is_squeezed(ceiling, pair, models, settings, footprint):
+    decision = decide(ceiling, pair[0], models, settings, footprint)
+    squeezed = [
+        m for m in models
+        if m.name != OCR and is_priority_model(m.name, settings.priority_models)
+        and m.size_vram < m.size
+    ]  # fmt: skip
+    if squeezed:
+        assert decision.keep_alive_seconds == 0
+
+
+@given(ceilings, vram_pairs(), model_lists, thresholds, footprints)
+def test_more_free_vram_never_shortens_keep_alive(ceiling, pair, models, settings, footprint):
+    tighter, roomier = pair
+    shorter = decide(ceiling, tighter, models, settings, footprint).keep_alive_seconds
+    longer = decide(ceiling, roomier, models, settings, footprint).keep_alive_seconds
+    assert longer >= shorter
+
+
+@given(ceilings, vram_pairs(), model_lists, thresholds, footprints)
+def test_every_decision_has_a_known_rule_and_a_sendable_value(
+    ceiling, pair, models, settings, footprint
+):
+    decision = decide(ceiling, pair[0], models, settings, footprint)
+    assert decision.rule in ("ceiling", "unknown", "critical", "priority_squeezed", "llm_reserve",
+                             "pressure")  # fmt: skip
+    assert decision.keep_alive == f"{decision.keep_alive_seconds}s"
+    assert decision.reason
+
+
+# --- worked examples ---------------------------------------------------------------------------
+
+LLM = loaded("typhoon2.5-qwen3-4b:latest", 9000)
+
+
+def test_room_gives_the_ceiling():
+    decision = decide("10m", snapshot(16000, 4000), [LLM], Thresholds())
+    assert (decision.keep_alive_seconds, decision.rule) == (600, "ceiling")
+    assert decision.reason == "room: 25% used, 12000 MiB free; profile ceiling 600s"
+
+
+def test_null_ceiling_is_ollamas_five_minutes_and_forever_is_capped():
+    assert decide(None, snapshot(16000, 4000), [LLM], Thresholds()).keep_alive_seconds == 300
+    assert (
+        decide(-1, snapshot(16000, 4000), [LLM], Thresholds()).keep_alive_seconds == FOREVER_CAP_S
+    )
+    assert decide("-1m", snapshot(16000, 4000), [LLM], Thresholds()).keep_alive_seconds == 3600
+
+
+def test_pressure_band_scales_linearly():
+    settings = Thresholds()
+    at = {pct: decide("5m", snapshot(10000, pct * 100), [LLM], settings) for pct in (85, 90, 94)}
+    assert [at[p].keep_alive_seconds for p in (85, 90, 94)] == [300, 150, 30]
+    assert at[90].rule == "pressure"
+    assert at[90].reason == "vram pressure: 90% used, between 85% and 95%: 150s of 300s"
+
+
+def test_critical_reason_matches_the_design_example():
+    decision = decide("5m", snapshot(16311, 15700), [LLM], Thresholds())
+    assert decision.keep_alive_seconds == 0
+    assert decision.reason == "vram critical: 96% used ≥ 95%"
+
+
+def test_reserve_for_an_unloaded_llm_counts_the_ocr_footprint():
+    settings = Thresholds()
+    # 12000 MiB free now, but the OCR model (3500 MiB when last seen) is not loaded yet
+    assert decide("5m", snapshot(16000, 4000), [], settings).keep_alive_seconds == 300
+    decision = decide("5m", snapshot(16000, 4000), [], settings, footprint=3500)
+    assert (decision.keep_alive_seconds, decision.rule) == (0, "llm_reserve")
+    assert decision.reason == "llm reserve: 8500 MiB free < 9000 MiB kept for typhoon2.5*"
+    # once /api/ps lists the OCR model, its memory is already in "used"
+    ocr = loaded(OCR + ":latest", 3500)
+    assert decide("5m", snapshot(16000, 4000), [ocr], settings, footprint=3500).rule == "ceiling"
+
+
+def test_squeezed_llm_reason_names_it():
+    squeezed = loaded("typhoon2.5-qwen3-4b:latest", 9000, 7000)
+    decision = decide("5m", snapshot(16000, 8000), [squeezed], Thresholds())
+    assert decision.reason == (
+        "priority model typhoon2.5-qwen3-4b:latest squeezed: 7000 of 9000 MiB in VRAM"
+    )
+
+
+def test_priority_globs_match_ps_names_with_and_without_latest():
+    assert is_priority_model("typhoon2.5:latest", ["typhoon2.5"])
+    assert is_priority_model("typhoon2.5-qwen3-4b:latest", ["typhoon2.5*"])
+    assert is_priority_model("Typhoon2.5:Q4", ["typhoon2.5:q4"])
+    assert not is_priority_model("llama3:8b", ["typhoon2.5*"])
+    # the OCR model itself is never a priority model, even if a glob matches it
+    decision = decide("5m", snapshot(16000, 4000), [loaded(OCR + ":latest", 3000, 1000)],
+                      Thresholds(priority_models=["scb10x/*"]))  # fmt: skip
+    assert decision.rule != "priority_squeezed"
