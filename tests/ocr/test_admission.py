@@ -1,4 +1,4 @@
-"""AdmissionControl without HTTP: slots, FIFO order, the bounded queue, cancellation, exclusivity."""
+"""AdmissionControl without HTTP: slots, FIFO order, the bounded queue, cancel, exclusivity."""
 
 from __future__ import annotations
 

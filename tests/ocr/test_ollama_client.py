@@ -1,0 +1,40 @@
+"""OllamaClient against the fake over loopback: names, /api/ps, and the status mapping."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from sidecar.errors import ApiError
+from sidecar.ollama import OllamaClient, model_key
+from tests.fake_ollama import FakeModel, FakeOllama
+
+
+@pytest.mark.parametrize(
+    ("name", "key"),
+    [("scb10x/typhoon-ocr1.5-3b", "scb10x/typhoon-ocr1.5-3b:latest"),
+     ("registry.ollama.ai/library/llama3", "llama3:latest"), ("library/Qwen3:4B", "qwen3:4b"),
+     ("host:5000/ns/model", "host:5000/ns/model:latest")],
+)  # fmt: skip
+def test_model_key_matches_ps_names(name: str, key: str):
+    assert model_key(name) == key
+
+
+async def test_client_reads_ps_and_maps_capability_errors():
+    models = [FakeModel("scb10x/typhoon-ocr1.5-3b", size=2**31, size_vram=2**30),
+              FakeModel("bge-m3", capabilities=("embedding",))]  # fmt: skip
+    with FakeOllama(models) as fake:
+        async with httpx.AsyncClient() as http:
+            client = OllamaClient(http, fake.url, read_timeout_s=5, connect_timeout_s=1)
+            assert await client.version() == "0.33.0"
+            reply = await client.chat("scb10x/typhoon-ocr1.5-3b", [], options={},
+                                      keep_alive="60s")  # fmt: skip
+            assert reply.done_reason == "load" and reply.complete
+            (loaded,) = await client.loaded_models()
+            assert (loaded.name, loaded.size_mib, loaded.size_vram_mib) == (
+                "scb10x/typhoon-ocr1.5-3b:latest", 2048, 1024)  # fmt: skip
+            with pytest.raises(ApiError) as error:
+                await client.chat("bge-m3", [{"role": "user", "content": "x"}], options={},
+                                  keep_alive="0s")  # fmt: skip
+            assert error.value.code == "model_not_available"
+            assert "does not support chat" in error.value.detail
