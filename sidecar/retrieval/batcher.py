@@ -30,6 +30,8 @@ logger = logging.getLogger("sidecar.batcher")
 P = TypeVar("P")  # what the runner consumes per item (token ids, …)
 R = TypeVar("R")  # what the runner produces per item
 
+# Longest a round waits for requests still arriving (only while the last round was bigger).
+DEFAULT_MAX_WAIT_S = 0.005
 # Weight of the newest batch in the throughput estimate behind Retry-After.
 _RATE_SMOOTHING = 0.2
 
@@ -116,12 +118,15 @@ class MicroBatcher(Generic[P, R]):
         max_batch_tokens: int,
         max_queued_items: int,
         metrics: Metrics,
+        max_wait_s: float = DEFAULT_MAX_WAIT_S,
     ) -> None:
         self.kind = kind
         self.runner = runner
         self.max_batch_tokens = max_batch_tokens
         self.max_queued_items = max_queued_items
         self.metrics = metrics
+        self.max_wait_s = max_wait_s
+        self._last_round = 0  # items in the previous round
         self._pending: list[_Item[P, R]] = []
         self._queued = 0  # admitted items not yet handed to the model
         self._running = 0  # items inside the runner right now
@@ -130,6 +135,7 @@ class MicroBatcher(Generic[P, R]):
         self._items_per_s: float | None = None
         self._thread = threading.Thread(target=self._work, name=f"batcher-{kind}", daemon=True)
         self.batches_run = 0
+        self.busy_s = 0.0  # time spent inside the runner (model utilisation)
 
     def start(self) -> None:
         self._thread.start()
@@ -193,9 +199,18 @@ class MicroBatcher(Generic[P, R]):
         with self._cond:
             while not self._pending and not self._closed:
                 self._cond.wait()
+            # Closed-loop clients come back in about the numbers they left: when the last round
+            # was bigger than what is queued now, give the stragglers (still in HTTP parsing) up
+            # to `max_wait_s` to join. A lone request after a lone request never waits.
+            target = min(self._last_round, self.max_queued_items)
+            if self.max_wait_s > 0 and len(self._pending) < target:
+                self._cond.wait_for(
+                    lambda: self._closed or len(self._pending) >= target, self.max_wait_s
+                )
             if self._closed:
                 return None
             round_items, self._pending = self._pending, []
+        self._last_round = len(round_items)
         round_items.sort(key=lambda item: item.tokens, reverse=True)
         return round_items
 
@@ -232,6 +247,7 @@ class MicroBatcher(Generic[P, R]):
         finally:
             self._set_running(0)
         self.batches_run += 1
+        self.busy_s += time.perf_counter() - started
         self.metrics.retrieval_batch_size.labels(self.kind).observe(len(live))
         self._update_rate(len(live), time.perf_counter() - started)
         for item, output in zip(live, result.outputs, strict=True):

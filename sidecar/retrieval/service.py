@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ ModelT = TypeVar("ModelT", Embedder, Reranker)
 NOT_READY_RETRY_S = "5"
 # Texts (or pairs) that may wait for the model, in units of MAX_INPUTS.
 QUEUE_REQUESTS_WORTH = 4
+# Requests up to this many characters are tokenised on the event loop (well under a millisecond).
+INLINE_TOKENIZE_CHARS = 4096
 
 
 @dataclass(slots=True)
@@ -125,7 +128,9 @@ class RetrievalService:
         self.max_queued_items = max_queued_items or QUEUE_REQUESTS_WORTH * settings.max_inputs
         self.embed_slot: _Slot[Embedder] = _Slot("embed", settings.embed_model, embed_loader)
         self.rerank_slot: _Slot[Reranker] = _Slot("rerank", settings.rerank_model, rerank_loader)
-        # Fast tokenizers are not safe to call from several threads at once: one thread does it.
+        # Fast tokenizers must not be called from two threads at once ("Already borrowed"):
+        # one lock for both tokenizers, one thread for the big requests.
+        self._tokenizer_lock = threading.Lock()
         self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self._load_task: asyncio.Task[None] | None = None
         self.loaded = asyncio.Event()
@@ -243,10 +248,21 @@ class RetrievalService:
             )
         return slot.model, slot.batcher
 
-    async def _tokenize(self, fn: Callable[..., Any], *args: Any, what: str) -> Any:
-        loop = asyncio.get_running_loop()
+    def _tokenize_locked(self, fn: Callable[..., Any], *args: Any) -> Any:
+        with self._tokenizer_lock:
+            return fn(*args)
+
+    async def _tokenize(self, fn: Callable[..., Any], *args: Any, chars: int, what: str) -> Any:
+        """Tokenise small requests right here (no thread hop) when the tokenizer is free; big
+        ones, or when it is busy, in the tokenizer thread so the event loop never stalls."""
         try:
-            return await loop.run_in_executor(self._tokenize_pool, fn, *args)
+            if chars <= INLINE_TOKENIZE_CHARS and self._tokenizer_lock.acquire(blocking=False):
+                try:
+                    return fn(*args)
+                finally:
+                    self._tokenizer_lock.release()
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._tokenize_pool, self._tokenize_locked, fn, *args)
         except InputTooLong as exc:
             raise ApiError(
                 "input_too_long",
@@ -274,7 +290,11 @@ class RetrievalService:
         self._check_count(len(request.inputs), "inputs")
         model, batcher = self._ready(self.embed_slot)
         token_ids: list[list[int]] = await self._tokenize(
-            model.tokenize, request.inputs, request.truncate, what="inputs"
+            model.tokenize,
+            request.inputs,
+            request.truncate,
+            chars=sum(len(text) for text in request.inputs),
+            what="inputs",
         )
         items = [EmbedItem(ids, request.return_sparse) for ids in token_ids]
         done = await self._submit(batcher, items, [len(ids) for ids in token_ids])
@@ -296,7 +316,12 @@ class RetrievalService:
         self._check_count(len(request.texts), "texts")
         model, batcher = self._ready(self.rerank_slot)
         pairs: list[PairItem] = await self._tokenize(
-            model.tokenize, request.query, request.texts, request.truncate, what="texts"
+            model.tokenize,
+            request.query,
+            request.texts,
+            request.truncate,
+            chars=len(request.query) * len(request.texts) + sum(len(t) for t in request.texts),
+            what="texts",
         )
         done = await self._submit(batcher, pairs, [len(pair.token_ids) for pair in pairs])
         scores = [sigmoid(s) for s in done.outputs] if request.normalize else list(done.outputs)
