@@ -173,7 +173,7 @@ class ImageDocument:
         self._closed = False
         try:
             self._image = Image.open(io.BytesIO(data))
-            self._image.load()
+            self._check_integrity()
         except Image.DecompressionBombError:
             raise invalid("The image has too many pixels to decode safely.") from None
         except Exception as exc:  # Pillow's decoders raise many types for malformed files
@@ -181,6 +181,19 @@ class ImageDocument:
             raise invalid(f"The {kind.value.upper()} image is damaged or truncated.") from None
         frames = getattr(self._image, "n_frames", 1)
         self.page_count = frames if kind is DocumentKind.TIFF else 1
+
+    def _check_integrity(self) -> None:
+        """Refuse a damaged file before it is queued, at the least cost that catches truncation:
+        PNG chunk CRCs (no inflate), JPEG decoded at 1/8 scale, other types decoded in full
+        (they are converted anyway, and the decoded frame is kept for rendering)."""
+        if self.kind is DocumentKind.PNG:
+            Image.open(io.BytesIO(self._data)).verify()
+        elif self.kind is DocumentKind.JPEG:
+            probe = Image.open(io.BytesIO(self._data))
+            probe.draft("RGB", (max(1, probe.width // 8), max(1, probe.height // 8)))
+            probe.load()
+        else:
+            self._image.load()
 
     def render(self, number: int, *, with_anchor: bool) -> PageImage:
         with self._lock:

@@ -5,9 +5,10 @@ For each job, in this order:
 2. the document is opened in a worker thread (415/422) and the pages chosen (413/422);
 3. the job waits for an admission slot (429 when the queue is full);
 4. the residency policy decides keep_alive from the VRAM snapshot and /api/ps;
-5. one load call (`/api/chat` with no messages) and one `/api/chat` per page, every call with the
-   same options and keep_alive and every page call with the same system message; the next page
-   renders while Ollama reads the current one.
+5. a load call (`/api/chat` with no messages) when /api/ps does not list the model, then one
+   `/api/chat` per page; every call carries the same options and keep_alive, every page call the
+   same system message. Page 1 renders while the job waits for its slot, page n+1 while Ollama
+   reads page n.
 """
 
 from __future__ import annotations
@@ -185,16 +186,21 @@ class OcrPipeline:
         render_started = time.perf_counter()
         document = await asyncio.to_thread(open_document, data)
         open_seconds = time.perf_counter() - render_started
+        first_page: asyncio.Task[tuple[PageImage, float]] | None = None
         try:
             pages = select_pages(job.pages, document.page_count, self.settings.max_pages)
+            # Page 1 renders while the job waits for its slot.
+            first_page = self._render_task(document, pages[0], needs_anchor(job.prompt))
             async with self.admission.slot() as admission:
                 try:
-                    decision, vram = await self._decide_residency(job, request_id)
+                    decision, vram, loaded = await self._decide_residency(job, request_id)
                     keep_alive = decision.keep_alive
-                    model = job.profile.model
-                    await self.ollama.chat(model, [], options=options, keep_alive=keep_alive)
+                    if not loaded:  # the load call: load time stays out of page 1's duration
+                        await self.ollama.chat(
+                            job.profile.model, [], options=options, keep_alive=keep_alive
+                        )
                     results, render_seconds = await self._read_pages(
-                        job, document, pages, system_prompt, options, keep_alive
+                        job, document, pages, first_page, system_prompt, options, keep_alive
                     )
                 except ApiError as exc:
                     if exc.code in OLLAMA_CODES:
@@ -205,6 +211,9 @@ class OcrPipeline:
                         )
                     raise
         finally:
+            if first_page is not None:  # finished before the document closes under it
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await first_page
             await asyncio.to_thread(document.close)
         render_seconds += open_seconds
         self.metrics.ocr_render_seconds.observe(render_seconds)
@@ -230,7 +239,8 @@ class OcrPipeline:
 
     async def _decide_residency(
         self, job: OcrJob, request_id: str
-    ) -> tuple[ResidencyDecision, VramSnapshot | None]:
+    ) -> tuple[ResidencyDecision, VramSnapshot | None, bool]:
+        """The keep_alive for this job, the VRAM seen, and whether /api/ps lists the model."""
         vram = self.vram.snapshot()
         if vram is not None:
             self.metrics.vram_used_mib.set(vram.used_mib)
@@ -256,7 +266,8 @@ class OcrPipeline:
                 "reason": decision.reason,
             },
         )
-        return decision, vram
+        key = model_key(job.profile.model)
+        return decision, vram, any(model_key(m.name) == key for m in loaded)
 
     def _remember_footprints(self, loaded: Sequence[LoadedModel]) -> None:
         for model in loaded:
@@ -268,6 +279,7 @@ class OcrPipeline:
         job: OcrJob,
         document: Document,
         pages: list[int],
+        first_page: asyncio.Task[tuple[PageImage, float]],
         system_prompt: str,
         options: dict[str, Any],
         keep_alive: str,
@@ -277,9 +289,7 @@ class OcrPipeline:
         leading = system_messages(system_prompt)
         results: list[OcrPageResult] = []
         render_seconds = 0.0
-        pending: asyncio.Task[tuple[PageImage, float]] | None = self._render_task(
-            document, pages[0], with_anchor
-        )
+        pending: asyncio.Task[tuple[PageImage, float]] | None = first_page
         try:
             for index, number in enumerate(pages):
                 assert pending is not None

@@ -473,3 +473,12 @@ def test_response_reports_timings_and_queue_time_metric(sidecar: Sidecar):
     assert "sidecar_ocr_keep_alive_seconds_count 1.0" in metrics
     assert 'sidecar_ocr_residency_decisions_total{rule="ceiling"} 1.0' in metrics
     assert json.loads(response.text)["request_id"] == response.headers["x-request-id"]
+
+
+def test_load_call_only_when_ps_does_not_list_the_model(sidecar: Sidecar, fake_ollama: FakeOllama):
+    assert sidecar.upload(make_image("PNG"), make_job()).status_code == 200
+    assert [bool(body["messages"]) for body in chat_bodies(fake_ollama)] == [False, True]
+    fake_ollama.clear_requests()
+    assert sidecar.upload(make_image("PNG"), make_job()).status_code == 200  # still loaded
+    assert [r.path for r in fake_ollama.requests] == ["/api/ps", "/api/chat"]
+    assert chat_bodies(fake_ollama)[0]["messages"]

@@ -85,6 +85,7 @@ async def test_critical_vram_admits_one_job_at_a_time(start_sidecar, fake_ollama
         fake_ollama.hold()
         try:
             jobs = [asyncio.create_task(client.post("/ocr", **upload_kwargs())) for _ in range(3)]
+            assert await asyncio.to_thread(fake_ollama.wait_for, lambda f: f.held == 1)
             assert await asyncio.to_thread(eventually, lambda: queue(sidecar)["waiting"] == 2)
             assert fake_ollama.held == 1
             assert queue(sidecar)["limit"] == 1
