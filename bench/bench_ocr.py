@@ -165,7 +165,8 @@ def direct_chat_body(png: bytes) -> dict[str, Any]:
     return {
         "model": MODEL,
         "messages": [
-            {"role": "system", "content": "Transcribe the page. Fields: invoice_no, tax_id, total."},
+            {"role": "system",
+             "content": "Transcribe the page. Fields: invoice_no, tax_id, total."},
             {"role": "user", "content": "Extract all text from the image.",
              "images": [base64.b64encode(png).decode()]},
         ],
@@ -254,17 +255,19 @@ def bench_overhead(latency: float = 0.5, samples: int = 40) -> None:
     body = direct_chat_body(png)
     via_sidecar: list[float] = []
     direct: list[float] = []
-    with stack(latency, 1, max_concurrent=1) as (url, ollama_url, key):
-        with httpx.Client(headers={"X-API-Key": key}, timeout=60) as client:
-            client.post(f"{url}/ocr", **upload(png)).raise_for_status()  # warm both paths
+    with (
+        stack(latency, 1, max_concurrent=1) as (url, ollama_url, key),
+        httpx.Client(headers={"X-API-Key": key}, timeout=60) as client,
+    ):
+        client.post(f"{url}/ocr", **upload(png)).raise_for_status()  # warm both paths
+        client.post(f"{ollama_url}/api/chat", json=body).raise_for_status()
+        for _ in range(samples):  # alternate, so drift affects both alike
+            started = time.perf_counter()
+            client.post(f"{url}/ocr", **upload(png)).raise_for_status()
+            via_sidecar.append(time.perf_counter() - started)
+            started = time.perf_counter()
             client.post(f"{ollama_url}/api/chat", json=body).raise_for_status()
-            for _ in range(samples):  # alternate, so drift affects both alike
-                started = time.perf_counter()
-                client.post(f"{url}/ocr", **upload(png)).raise_for_status()
-                via_sidecar.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                client.post(f"{ollama_url}/api/chat", json=body).raise_for_status()
-                direct.append(time.perf_counter() - started)
+            direct.append(time.perf_counter() - started)
 
     def summary(values: list[float]) -> dict[str, float]:
         return {"p50_ms": round(statistics.median(values) * 1000, 1),
