@@ -38,6 +38,28 @@ auto_inputs = placement_inputs().map(
 )
 
 
+@st.composite
+def gpu_fits_inputs(draw: st.DrawFn) -> PlacementInputs:
+    """A model on the CPU, VRAM with room for it, settled: the policy must move it up."""
+    total = draw(st.integers(16_000, 200_000))
+    pressure = draw(st.floats(50, 100))
+    model, headroom = draw(st.integers(1, 2000)), draw(st.integers(0, 2000))
+    max_used = int(total * pressure / 100) - model - headroom - 1
+    used = draw(st.integers(0, max_used))
+    settle = draw(st.floats(0, 300))
+    return PlacementInputs(
+        mode="auto",
+        cuda_available=True,
+        vram=VramSnapshot(total, used, total - used, "file", 0.0),
+        model_mib=model,
+        headroom_mib=headroom,
+        pressure_pct=pressure,
+        current="cpu",
+        fit_held_s=settle + draw(st.floats(0, 100)),
+        settle_s=settle,
+    )
+
+
 @given(placement_inputs())
 def test_cpu_when_pinned_to_cpu_or_cuda_absent(inputs: PlacementInputs) -> None:
     decision = decide_placement(inputs)
@@ -72,12 +94,11 @@ def test_gpu_only_when_the_model_and_headroom_fit_and_settled(inputs: PlacementI
         assert inputs.fit_held_s >= inputs.settle_s
 
 
-@given(auto_inputs)
+@given(gpu_fits_inputs())
 def test_a_move_up_never_bounces_straight_back(inputs: PlacementInputs) -> None:
-    assume(inputs.current == "cpu" and inputs.vram is not None)
-    decision = decide_placement(inputs)
-    assume(decision.device == "cuda")
+    assert decide_placement(inputs).device == "cuda"
     vram = inputs.vram
+    assert vram is not None
     after = VramSnapshot(
         vram.total_mib,
         vram.used_mib + inputs.model_mib,
@@ -89,14 +110,18 @@ def test_a_move_up_never_bounces_straight_back(inputs: PlacementInputs) -> None:
     assert decide_placement(moved).device == "cuda"
 
 
-@given(auto_inputs, st.floats(0, 1000), st.integers(0, 100_000))
+@given(
+    gpu_fits_inputs() | auto_inputs.map(lambda i: dataclasses.replace(i, current="cuda")),
+    st.floats(0, 1000),
+    st.integers(0, 100_000),
+)
 def test_monotone_in_waiting_and_in_free_vram(
     inputs: PlacementInputs, more_wait: float, freed_mib: int
 ) -> None:
     """Waiting longer, or having more free VRAM, never turns a GPU decision into a CPU one."""
-    assume(inputs.vram is not None)
     assume(decide_placement(inputs).device == "cuda")
     vram = inputs.vram
+    assert vram is not None
     freed = min(freed_mib, vram.used_mib)
     roomier = VramSnapshot(vram.total_mib, vram.used_mib - freed, vram.free_mib + freed, "f", 0.0)
     later = dataclasses.replace(inputs, fit_held_s=inputs.fit_held_s + more_wait, vram=roomier)
