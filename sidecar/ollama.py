@@ -81,6 +81,13 @@ class ChatReply(BaseModel):
         return self.done and self.done_reason != "length"
 
 
+class _LoadReply(BaseModel):
+    """/api/generate's answer to a load call (`prompt` empty): `done_reason` is "load"."""
+
+    model_config = ConfigDict(extra="ignore")
+    done: bool
+
+
 @dataclass(frozen=True, slots=True)
 class LoadedModel:
     """One entry of /api/ps."""
@@ -239,6 +246,36 @@ class OllamaClient:
             ) from None
         return [LoadedModel(m.name, m.size, m.size_vram, m.expires_at) for m in reply.models]
 
+    async def load(
+        self,
+        model: str,
+        *,
+        system: str,
+        options: dict[str, Any],
+        keep_alive: str,
+    ) -> None:
+        """Load `model` under the job's system prompt, options and keep_alive, generating nothing.
+
+        /api/generate with an empty `prompt` is Ollama's load call and, unlike /api/chat's load
+        call (no messages at all), it carries a `system` field: so the load call sends exactly
+        what every page call sends.
+        """
+        body = {
+            "model": model,
+            "prompt": "",
+            "system": system,
+            "stream": False,
+            "options": options,
+            "keep_alive": keep_alive,
+        }
+        data = await self._request("POST", "/api/generate", body=body, model=model)
+        try:
+            _LoadReply.model_validate(data)
+        except ValidationError:
+            raise ApiError(
+                "ollama_bad_response", "Ollama's answer to the load call has an unknown shape."
+            ) from None
+
     async def chat(
         self,
         model: str,
@@ -247,7 +284,7 @@ class OllamaClient:
         options: dict[str, Any],
         keep_alive: str,
     ) -> ChatReply:
-        """One non-streamed /api/chat; an empty `messages` list is Ollama's load call."""
+        """One non-streamed /api/chat."""
         body = {
             "model": model,
             "messages": messages,

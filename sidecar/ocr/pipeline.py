@@ -5,9 +5,9 @@ For each job, in this order:
 2. the document is opened in a worker thread (415/422) and the pages chosen (413/422);
 3. the job waits for an admission slot (429 when the queue is full);
 4. the residency policy decides keep_alive from the VRAM snapshot and /api/ps;
-5. a load call (`/api/chat` with no messages) when /api/ps does not list the model, then one
-   `/api/chat` per page; every call carries the same options and keep_alive, every page call the
-   same system message. Page 1 renders while the job waits for its slot, page n+1 while Ollama
+5. a load call (`/api/generate` with an empty prompt) when /api/ps does not list the model, then
+   one `/api/chat` per page; every call, the load call included, carries the same system prompt,
+   options and keep_alive. Page 1 renders while the job waits for its slot, page n+1 while Ollama
    reads page n.
 """
 
@@ -196,8 +196,11 @@ class OcrPipeline:
                     decision, vram, loaded = await self._decide_residency(job, request_id)
                     keep_alive = decision.keep_alive
                     if not loaded:  # the load call: load time stays out of page 1's duration
-                        await self.ollama.chat(
-                            job.profile.model, [], options=options, keep_alive=keep_alive
+                        await self.ollama.load(
+                            job.profile.model,
+                            system=system_prompt,
+                            options=options,
+                            keep_alive=keep_alive,
                         )
                     results, render_seconds = await self._read_pages(
                         job, document, pages, first_page, system_prompt, options, keep_alive

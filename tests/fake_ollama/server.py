@@ -175,6 +175,9 @@ def _decode_job(kind: str, body: Any) -> _Job:
         prompt = body.get("prompt", "")
         if not isinstance(prompt, str):
             raise _unmarshal_error(prompt, struct, "prompt", "string")
+        system = body.get("system", "")
+        if not isinstance(system, str):
+            raise _unmarshal_error(system, struct, "system", "string")
         raw_images = body.get("images") or []
         if not isinstance(raw_images, list):
             raise _unmarshal_error(raw_images, struct, "images", "[]api.ImageData")

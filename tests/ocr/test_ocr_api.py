@@ -26,6 +26,11 @@ def chat_bodies(fake: FakeOllama) -> list[dict]:
     return fake.bodies("/api/chat")
 
 
+def ollama_calls(fake: FakeOllama) -> list[dict]:
+    """Every generation-side call in order: the load call (/api/generate) and the page calls."""
+    return [r.body for r in fake.requests if r.path in ("/api/generate", "/api/chat")]
+
+
 def page_calls(fake: FakeOllama) -> list[dict]:
     return [body for body in chat_bodies(fake) if body.get("messages")]
 
@@ -131,9 +136,9 @@ def test_every_call_carries_the_same_system_prompt_options_and_keep_alive(
 ):
     response = sidecar.upload(text_pdf(2), make_job())
     assert response.status_code == 200, response.text
-    calls = chat_bodies(fake_ollama)
-    load, pages = calls[0], calls[1:]
-    assert load["messages"] == [] and load["stream"] is False  # the model-load call
+    (load,) = fake_ollama.bodies("/api/generate")  # the model-load call
+    assert load["prompt"] == "" and "images" not in load
+    pages = chat_bodies(fake_ollama)
     assert len(pages) == 2
     expected_options = {
         "temperature": 0.1,
@@ -143,17 +148,16 @@ def test_every_call_carries_the_same_system_prompt_options_and_keep_alive(
         "num_ctx": 16384,
     }
     keep_alive = response.json()["residency"]["keep_alive"]
-    for call in calls:
+    for call in [load, *pages]:
         assert call["model"] == OCR_MODEL
         assert call["options"] == expected_options
         assert call["keep_alive"] == keep_alive
         assert call["stream"] is False
+    system_prompt = "You transcribe documents for the DMS. Fields: invoice_no, tax_id, total."
+    assert load["system"] == system_prompt
     for call in pages:
         system, user = call["messages"]
-        assert system == {
-            "role": "system",
-            "content": "You transcribe documents for the DMS. Fields: invoice_no, tax_id, total.",
-        }
+        assert system == {"role": "system", "content": system_prompt}
         assert user["role"] == "user"
         assert user["content"] == "Extract all text from the image."
         assert len(user["images"]) == 1
@@ -185,7 +189,8 @@ def test_null_parameters_are_omitted_so_the_modelfile_applies(
     job["profile"]["top_p"] = None  # explicit null, not just absent
     response = sidecar.upload(make_image("PNG"), job)
     assert response.status_code == 200, response.text
-    for call in chat_bodies(fake_ollama):
+    assert len(ollama_calls(fake_ollama)) == 2  # load and page
+    for call in ollama_calls(fake_ollama):
         assert call["options"] == {}
     assert response.json()["params_sent"] == {}
 
@@ -217,7 +222,7 @@ def test_no_template_sends_the_image_alone(sidecar: Sidecar, fake_ollama: FakeOl
 
 
 def keep_alives(fake: FakeOllama) -> set[str]:
-    return {body["keep_alive"] for body in chat_bodies(fake)}
+    return {body["keep_alive"] for body in ollama_calls(fake)}
 
 
 @pytest.mark.parametrize(
@@ -352,7 +357,7 @@ def test_other_request_media_types_are_415(sidecar: Sidecar):
 def test_encrypted_pdf_is_422_with_a_clear_message(sidecar: Sidecar, fake_ollama: FakeOllama):
     body = assert_problem(sidecar.upload(encrypted_pdf(), make_job()), 422, "invalid_document")
     assert "password" in body["detail"]
-    assert chat_bodies(fake_ollama) == []  # nothing reached Ollama
+    assert ollama_calls(fake_ollama) == []  # nothing reached Ollama
 
 
 def test_corrupt_pdf_is_422(sidecar: Sidecar):
@@ -414,7 +419,7 @@ def test_out_of_range_values_are_422_naming_the_field(
     ):
         body = assert_problem(response, 422, "validation_error")
         assert field in body["detail"], body["detail"]
-    assert chat_bodies(fake_ollama) == []
+    assert ollama_calls(fake_ollama) == []
 
 
 def test_override_out_of_range_is_422_naming_the_field(sidecar: Sidecar):
@@ -434,7 +439,7 @@ def test_keep_alive_in_options_is_refused(sidecar: Sidecar, fake_ollama: FakeOll
     for response in (sidecar.upload(make_image("PNG"), job), sidecar.by_path("x.png", job)):
         body = assert_problem(response, 422, "keep_alive_not_allowed")
         assert "keep_alive" in body["detail"]
-    assert chat_bodies(fake_ollama) == []
+    assert ollama_calls(fake_ollama) == []
 
 
 def test_malformed_multipart_requests_are_422(sidecar: Sidecar):
@@ -477,7 +482,7 @@ def test_response_reports_timings_and_queue_time_metric(sidecar: Sidecar):
 
 def test_load_call_only_when_ps_does_not_list_the_model(sidecar: Sidecar, fake_ollama: FakeOllama):
     assert sidecar.upload(make_image("PNG"), make_job()).status_code == 200
-    assert [bool(body["messages"]) for body in chat_bodies(fake_ollama)] == [False, True]
+    assert [r.path for r in fake_ollama.requests] == ["/api/ps", "/api/generate", "/api/chat"]
     fake_ollama.clear_requests()
     assert sidecar.upload(make_image("PNG"), make_job()).status_code == 200  # still loaded
     assert [r.path for r in fake_ollama.requests] == ["/api/ps", "/api/chat"]

@@ -20,6 +20,18 @@ def test_model_key_matches_ps_names(name: str, key: str):
     assert model_key(name) == key
 
 
+async def test_load_call_generates_nothing_and_unknown_models_are_424():
+    with FakeOllama([FakeModel("scb10x/typhoon-ocr1.5-3b")]) as fake:
+        async with httpx.AsyncClient() as http:
+            client = OllamaClient(http, fake.url, read_timeout_s=5, connect_timeout_s=1)
+            with pytest.raises(ApiError) as error:
+                await client.load("not-installed", system="", options={}, keep_alive="0s")
+            assert error.value.code == "model_not_available"
+            await client.load("scb10x/typhoon-ocr1.5-3b", system="", options={}, keep_alive="5s")
+            assert [m.name for m in await client.loaded_models()] == [
+                "scb10x/typhoon-ocr1.5-3b:latest"]  # fmt: skip
+
+
 async def test_client_reads_ps_and_maps_capability_errors():
     models = [FakeModel("scb10x/typhoon-ocr1.5-3b", size=2**31, size_vram=2**30),
               FakeModel("bge-m3", capabilities=("embedding",))]  # fmt: skip
@@ -27,9 +39,13 @@ async def test_client_reads_ps_and_maps_capability_errors():
         async with httpx.AsyncClient() as http:
             client = OllamaClient(http, fake.url, read_timeout_s=5, connect_timeout_s=1)
             assert await client.version() == "0.33.0"
-            reply = await client.chat("scb10x/typhoon-ocr1.5-3b", [], options={},
-                                      keep_alive="60s")  # fmt: skip
-            assert reply.done_reason == "load" and reply.complete
+            await client.load("scb10x/typhoon-ocr1.5-3b", system="Be exact.",
+                              options={"num_ctx": 8192}, keep_alive="60s")  # fmt: skip
+            (load,) = fake.bodies("/api/generate")
+            assert load == {
+                "model": "scb10x/typhoon-ocr1.5-3b", "prompt": "", "system": "Be exact.",
+                "stream": False, "options": {"num_ctx": 8192}, "keep_alive": "60s",
+            }  # fmt: skip
             (loaded,) = await client.loaded_models()
             assert (loaded.name, loaded.size_mib, loaded.size_vram_mib) == (
                 "scb10x/typhoon-ocr1.5-3b:latest", 2048, 1024)  # fmt: skip
