@@ -124,7 +124,12 @@ class Metrics:
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; `extra=` fields are kept."""
 
-    _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+    # uvicorn adds `color_message` (the message with ANSI colours) to its records: not for JSON.
+    _RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {
+        "message",
+        "asctime",
+        "color_message",
+    }
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -153,6 +158,18 @@ def configure_logging(level: str, fmt: str) -> None:
     root.setLevel(level)
     for noisy in ("uvicorn.access",):
         logging.getLogger(noisy).disabled = True
+    route_library_loggers()
+
+
+def route_library_loggers() -> None:
+    """transformers and huggingface_hub install stderr handlers of their own when imported; send
+    their records through the root handler instead, so every log line has the same format."""
+    import huggingface_hub.utils.logging  # noqa: F401 - importing it installs its handler
+    import transformers.utils.logging as transformers_logging
+
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    logging.getLogger("huggingface_hub").handlers.clear()
 
 
 def _route_label(scope: Scope) -> str:
