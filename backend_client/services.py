@@ -32,8 +32,8 @@ from sidecar.schemas import OcrPageResult, OcrResponse, OcrTimings
 PageCallback = Callable[[OcrPageResult], None]
 
 
-class OcrService:
-    """Production OCR: `await service.extract(document)`."""
+class _ResolvedOcr:
+    """What both services share: one resolver, one sidecar client, the rows they read."""
 
     def __init__(
         self,
@@ -47,6 +47,10 @@ class OcrService:
         self.client = client
         self.profile_name = profile_name
         self.prompt_key = prompt_key
+
+
+class OcrService(_ResolvedOcr):
+    """Production OCR: `await service.extract(document)`."""
 
     async def extract(
         self,
@@ -164,21 +168,8 @@ class SandboxResult:
         }
 
 
-class SandboxOcrEngineService:
+class SandboxOcrEngineService(_ResolvedOcr):
     """Try a draft prompt or profile edits on an uploaded file; nothing is saved."""
-
-    def __init__(
-        self,
-        resolver: SnapshotResolver,
-        client: SidecarClient,
-        *,
-        profile_name: str = OCR_PROFILE_NAME,
-        prompt_key: str = OCR_PROMPT_KEY,
-    ) -> None:
-        self.resolver = resolver
-        self.client = client
-        self.profile_name = profile_name
-        self.prompt_key = prompt_key
 
     async def run(
         self,
