@@ -44,28 +44,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tests.fixtures.documents import text_pdf  # noqa: E402
+from tests.fixtures.jobs import make_job  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-MODEL = "scb10x/typhoon-ocr1.5-3b"
-JOB: dict[str, Any] = {
-    "profile": {
-        "name": "ocr-extract",
-        "model": MODEL,
-        "temperature": 0.1,
-        "top_p": 0.6,
-        "repeat_penalty": 1.1,
-        "max_tokens": 16384,
-        "keep_alive": "5m",
-        "options": {"num_ctx": 16384},
-    },
-    "prompt": {
-        "id": 1,
-        "version": 1,
-        "system_prompt": "Transcribe the page. Fields: {{dms_tags}}.",
-        "user_template": "Extract all text from the image.",
-        "dms_tags": ["invoice_no", "tax_id", "total"],
-    },
-}
+MODEL = JOB["profile"]["model"]
+JOB = make_job()
 SIDECAR_CODE = """
 import uvicorn
 from sidecar.app import create_app
@@ -166,7 +149,7 @@ def direct_chat_body(png: bytes) -> dict[str, Any]:
         "model": MODEL,
         "messages": [
             {"role": "system",
-             "content": "Transcribe the page. Fields: invoice_no, tax_id, total."},
+             "content": "You transcribe documents for the DMS. Fields: invoice_no, tax_id, total."},
             {"role": "user", "content": "Extract all text from the image.",
              "images": [base64.b64encode(png).decode()]},
         ],

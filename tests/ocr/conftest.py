@@ -3,7 +3,6 @@ sidecar app served over HTTP, pointed at both."""
 
 from __future__ import annotations
 
-import copy
 import json
 import threading
 import time
@@ -20,46 +19,12 @@ from sidecar.app import create_app
 from sidecar.config import Settings
 from sidecar.observability import Metrics
 from tests.fake_ollama import DEFAULT_LLM_MODEL, DEFAULT_OCR_MODEL, FakeModel, FakeOllama
+from tests.fixtures.jobs import BASE_JOB, make_job  # noqa: F401 - re-exported to the tests
 from tests.server import ThreadedServer
 
 OCR_MODEL = DEFAULT_OCR_MODEL
 LLM_MODEL = DEFAULT_LLM_MODEL
 GIB = 1024**3
-
-BASE_JOB: dict[str, Any] = {
-    "profile": {
-        "name": "ocr-extract",
-        "model": OCR_MODEL,
-        "temperature": 0.1,
-        "top_p": 0.6,
-        "repeat_penalty": 1.1,
-        "max_tokens": 16384,
-        "keep_alive": "5m",
-        "options": {"num_ctx": 16384},
-    },
-    "prompt": {
-        "id": 7,
-        "version": 3,
-        "system_prompt": "You transcribe documents for the DMS. Fields: {{dms_tags}}.",
-        "user_template": "Extract all text from the image.",
-        "dms_tags": ["invoice_no", "tax_id", "total"],
-    },
-}
-
-
-def make_job(*, pages: list[int] | None = None, **sections: dict[str, Any]) -> dict[str, Any]:
-    """BASE_JOB with `profile={…}` / `prompt={…}` keys merged in (a None value deletes a key)."""
-    job = copy.deepcopy(BASE_JOB)
-    for section, changes in sections.items():
-        target = job.setdefault(section, {})
-        for key, value in changes.items():
-            if value is None:
-                target.pop(key, None)
-            else:
-                target[key] = value
-    if pages is not None:
-        job["pages"] = pages
-    return job
 
 
 def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
