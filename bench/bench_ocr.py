@@ -47,8 +47,8 @@ from tests.fixtures.documents import text_pdf  # noqa: E402
 from tests.fixtures.jobs import make_job  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-MODEL = JOB["profile"]["model"]
 JOB = make_job()
+MODEL = JOB["profile"]["model"]
 SIDECAR_CODE = """
 import uvicorn
 from sidecar.app import create_app
