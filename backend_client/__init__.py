@@ -1,9 +1,11 @@
 """What the existing backend imports to call the sidecar with parameters from its database.
 
-    db = Database.from_url()                       # OCR_BACKEND_DATABASE_URL or ./var/ SQLite
-    client = SidecarClient.from_settings(load_backend_settings())
-    ocr = OcrService(SnapshotResolver(db), client)
-    response = await ocr.extract(DocumentPath("tenant-a/invoice.pdf"))
+```python
+db = Database.from_url()  # OCR_BACKEND_DATABASE_URL, or SQLite under ./var/
+client = SidecarClient.from_settings(load_backend_settings())
+ocr = OcrService(SnapshotResolver(db), client)
+response = await ocr.extract(DocumentPath("tenant-a/invoice.pdf"))
+```
 """
 
 from backend_client.client import SidecarClient
