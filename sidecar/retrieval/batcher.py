@@ -250,6 +250,7 @@ class MicroBatcher(Generic[P, R]):
         self.busy_s += time.perf_counter() - started
         self.metrics.retrieval_batch_size.labels(self.kind).observe(len(live))
         self._update_rate(len(live), time.perf_counter() - started)
+        finished: list[tuple[_Request[R], Completed[R]]] = []
         for item, output in zip(live, result.outputs, strict=True):
             request = item.request
             request.outputs[item.position] = output
@@ -257,7 +258,8 @@ class MicroBatcher(Generic[P, R]):
             request.remaining -= 1
             if request.remaining == 0 and not request.abandoned:
                 done = Completed(list(request.outputs), request.device, request.reason)
-                self._resolve(request, done)
+                finished.append((request, done))
+        self._resolve_all(finished)
 
     def _update_rate(self, items: int, seconds: float) -> None:
         rate = items / max(seconds, 1e-6)
@@ -267,13 +269,21 @@ class MicroBatcher(Generic[P, R]):
         )
 
     @staticmethod
-    def _resolve(request: _Request[R], value: Completed[R]) -> None:
-        def settle() -> None:
-            if not request.future.done():
-                request.future.set_result(value)
+    def _resolve_all(finished: list[tuple[_Request[R], Completed[R]]]) -> None:
+        """Hand a batch's finished requests to their event loops: one wake-up per loop per batch,
+        not one per request (each is a cross-thread hop that competes with the model for CPU)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request[R], Completed[R]]]] = {}
+        for request, value in finished:
+            by_loop.setdefault(request.loop, []).append((request, value))
 
-        with contextlib.suppress(RuntimeError):  # the loop already closed (shutdown)
-            request.loop.call_soon_threadsafe(settle)
+        def settle(entries: list[tuple[_Request[R], Completed[R]]]) -> None:
+            for request, value in entries:
+                if not request.future.done():
+                    request.future.set_result(value)
+
+        for loop, entries in by_loop.items():
+            with contextlib.suppress(RuntimeError):  # the loop already closed (shutdown)
+                loop.call_soon_threadsafe(settle, entries)
 
     @staticmethod
     def _fail(request: _Request[R], exc: BaseException) -> None:

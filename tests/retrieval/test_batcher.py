@@ -178,3 +178,28 @@ async def test_close_fails_queued_requests() -> None:
     assert (await running).outputs == [2]  # the batch already running still completes
     with pytest.raises(BatcherClosed):
         await batcher.submit([3], [1])
+
+
+async def test_one_batch_answers_requests_from_several_event_loops() -> None:
+    """Finished requests are handed back per event loop: callers on another loop (another
+    thread) sharing a batch with this loop's callers get their own outputs."""
+    runner = GatedRunner()
+    batcher = make(runner)
+    try:
+        blocker = asyncio.create_task(batcher.submit([1], [1]))
+        await wait_for(batcher, lambda b: b.running == 1)
+        here = [asyncio.create_task(batcher.submit([n], [1])) for n in (2, 3)]
+
+        async def elsewhere() -> list[list[int]]:
+            answers = [batcher.submit([n], [1]) for n in (4, 5)]
+            return [done.outputs for done in await asyncio.gather(*answers)]
+
+        other_loop = asyncio.create_task(asyncio.to_thread(asyncio.run, elsewhere()))
+        await wait_for(batcher, lambda b: b.depth == 4)
+        runner.gate.set()
+        await blocker
+        assert [(await task).outputs for task in here] == [[4], [6]]
+        assert await asyncio.wait_for(other_loop, 30) == [[8], [10]]
+        assert sorted(runner.batches[1]) == [2, 3, 4, 5]  # all four shared one batch
+    finally:
+        batcher.close()
