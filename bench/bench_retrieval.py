@@ -312,6 +312,17 @@ class Ceiling:
     def batched_s(self) -> float:
         return self.seconds(self.batches)
 
+    def by_batch_size(self, sizes: tuple[int, ...]) -> dict[str, float]:
+        """Texts/s at fixed batch sizes (sorted, no budget): where this hardware peaks."""
+        out = {}
+        for size in sizes:
+            batches = [
+                sorted(self.items[i : i + size], key=lambda item: len(item.token_ids))
+                for i in range(0, len(self.items), size)
+            ]
+            out[str(size)] = round(len(self.items) / self.seconds(batches), 1)
+        return out
+
 
 def measure_batching(
     flag: Any, embedder: Any, sidecar: Sidecar, texts: list[str], trials: int
@@ -365,11 +376,12 @@ def measure_batching(
         "ratio_vs_direct_encode": round(best["direct_encode"] / best["concurrent"], 2),
         "model_ceiling": {
             "what": "bare forward passes: batch 1 vs the micro-batches the batcher forms from "
-            f"rounds of {CLIENTS} texts (sorted, token budget)",
+            f"rounds of {CLIENTS} texts (sorted, token budget); one sweep of fixed sizes",
             "batch_1_texts_per_s": per_s("model_batch_1"),
             "batched_texts_per_s": per_s("model_batched"),
             "micro_batches": len(ceiling.batches),
             "ratio": round(ceiling_ratio, 2),
+            "texts_per_s_by_batch_size": ceiling.by_batch_size((8, 16, 32, 64)),
         },
         "batching_efficiency": round(speedup / ceiling_ratio, 2),
         "concurrent_vs_model_batched": round(best["model_batched"] / best["concurrent"], 2),

@@ -3,10 +3,11 @@
 Requests put their (already tokenised) items on one queue. A single worker thread takes everything
 queued at that moment as a *round*, sorts the round by length (longest first, so batches pad
 little), cuts it into micro-batches whose padded size `items × longest` stays within
-`max_batch_tokens`, runs each batch and scatters the outputs back to the requests they came from.
-While a round runs, new requests queue up and form the next round: no timer, no artificial delay,
-a lone request runs at once. The queue is bounded in items; a request that does not fit is refused
-(`Overloaded`, answered 429 with `Retry-After`).
+`max_batch_tokens`, runs each batch and scatters the outputs back to the requests they came from,
+one event-loop wake-up per batch. While a round runs, new requests queue up and form the next
+round. A lone request runs at once; only when the last round was bigger than what is queued does a
+round wait (at most `max_wait_s`) for stragglers. The queue is bounded in items; a request that
+does not fit is refused (`Overloaded`, answered 429 with `Retry-After`).
 
 Nothing here knows about models: the runner is a callable `list[payload] -> BatchOutput`.
 """
