@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 
-from sidecar.context import get_context
+from sidecar.context import AppContext, Ctx
 from sidecar.errors import ApiError
 from sidecar.retrieval.service import Reply, RetrievalService
 from sidecar.schemas import EmbedRequest, EmbedResponse, RerankRequest, RerankResponse
@@ -20,10 +20,7 @@ def header_text(text: str) -> str:
     return text.replace("≥", ">=").encode("ascii", "replace").decode("ascii")
 
 
-def service_of(request: Request) -> RetrievalService:
-    # `get_context` is a plain function: as a `Depends` FastAPI would run it in its thread pool,
-    # a thread hop per request that, on a small CPU host, preempts the model's compute threads.
-    ctx = get_context(request)
+def service_of(ctx: AppContext) -> RetrievalService:
     if ctx.retrieval is None:
         raise ApiError("not_ready", "the sidecar is starting up", headers={"Retry-After": "5"})
     return ctx.retrieval
@@ -43,11 +40,11 @@ def json_reply(reply: Reply, *, exclude_none: bool = False) -> Response:
 
 
 @router.post("/embed", response_model=EmbedResponse)
-async def embed(body: EmbedRequest, request: Request) -> Response:
-    return json_reply(await service_of(request).embed(body))
+async def embed(body: EmbedRequest, ctx: Ctx) -> Response:
+    return json_reply(await service_of(ctx).embed(body))
 
 
 @router.post("/rerank", response_model=RerankResponse, response_model_exclude_none=True)
-async def rerank(body: RerankRequest, request: Request) -> Response:
+async def rerank(body: RerankRequest, ctx: Ctx) -> Response:
     # `text` appears only when asked for (return_text), so None fields are left out.
-    return json_reply(await service_of(request).rerank(body), exclude_none=True)
+    return json_reply(await service_of(ctx).rerank(body), exclude_none=True)
