@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import httpx
 
@@ -23,26 +26,47 @@ def queue(sidecar: Sidecar) -> dict[str, int]:
     return sidecar.client.get("/health").json()["queues"]["ocr"]
 
 
+@dataclass
+class HeldJobs:
+    client: httpx.AsyncClient
+    responses: list[httpx.Response] = field(default_factory=list)  # filled on release
+
+
+@contextlib.asynccontextmanager
+async def held_jobs(
+    sidecar: Sidecar, fake: FakeOllama, count: int, *, in_ollama: int
+) -> AsyncIterator[HeldJobs]:
+    """`count` uploads in flight while the fake holds its answers: `in_ollama` of them reach
+    Ollama, the rest wait in the sidecar's queue. On the way out the fake is released and every
+    job's response collected."""
+    limits = httpx.Limits(max_connections=count + 10)
+    async with httpx.AsyncClient(
+        base_url=sidecar.url, headers=sidecar.client.headers, limits=limits, timeout=60
+    ) as client:
+        held = HeldJobs(client)
+        fake.hold()
+        try:
+            jobs = [
+                asyncio.create_task(client.post("/ocr", **upload_kwargs())) for _ in range(count)
+            ]
+            assert await asyncio.to_thread(fake.wait_for, lambda f: f.held == in_ollama)
+            waiting = count - in_ollama
+            assert await asyncio.to_thread(eventually, lambda: queue(sidecar)["waiting"] == waiting)
+            yield held
+        finally:
+            fake.release()
+        held.responses = await asyncio.gather(*jobs)
+
+
 async def test_fifty_concurrent_jobs_never_block_live(start_sidecar, fake_ollama: FakeOllama):
     sidecar = start_sidecar(max_concurrent_ocr=2, queue_size=64)
-    limits = httpx.Limits(max_connections=60)
-    headers = sidecar.client.headers
-    async with httpx.AsyncClient(
-        base_url=sidecar.url, headers=headers, limits=limits, timeout=60
-    ) as client:
-        fake_ollama.hold()
-        try:
-            jobs = [asyncio.create_task(client.post("/ocr", **upload_kwargs())) for _ in range(50)]
-            assert await asyncio.to_thread(fake_ollama.wait_for, lambda f: f.held == 2)
-            assert await asyncio.to_thread(eventually, lambda: queue(sidecar)["waiting"] == 48)
-            for _ in range(5):  # while 2 jobs sit in Ollama and 48 wait in the queue
-                live = await client.get("/live")
-                assert live.status_code == 200
-            assert queue(sidecar)["active"] == 2
-            assert sidecar.metric("sidecar_ocr_queue_depth") == 48
-        finally:
-            fake_ollama.release()
-        responses = await asyncio.gather(*jobs)
+    async with held_jobs(sidecar, fake_ollama, 50, in_ollama=2) as held:
+        for _ in range(5):  # while 2 jobs sit in Ollama and 48 wait in the queue
+            live = await held.client.get("/live")
+            assert live.status_code == 200
+        assert queue(sidecar)["active"] == 2
+        assert sidecar.metric("sidecar_ocr_queue_depth") == 48
+    responses = held.responses
     assert [r.status_code for r in responses] == [200] * 50
     assert fake_ollama.peak_in_flight == 2  # never more than MAX_CONCURRENT_OCR in Ollama
     assert max(r.json()["timings"]["queue_ms"] for r in responses) > 0
@@ -58,20 +82,11 @@ async def test_fifty_concurrent_jobs_never_block_live(start_sidecar, fake_ollama
 
 async def test_full_queue_is_429_with_retry_after(start_sidecar, fake_ollama: FakeOllama):
     sidecar = start_sidecar(max_concurrent_ocr=1, queue_size=2)
-    async with httpx.AsyncClient(
-        base_url=sidecar.url, headers=sidecar.client.headers, timeout=60
-    ) as client:
-        fake_ollama.hold()
-        try:
-            jobs = [asyncio.create_task(client.post("/ocr", **upload_kwargs())) for _ in range(3)]
-            assert await asyncio.to_thread(fake_ollama.wait_for, lambda f: f.held == 1)
-            assert await asyncio.to_thread(eventually, lambda: queue(sidecar)["waiting"] == 2)
-            refused = await client.post("/ocr", **upload_kwargs())
-            assert_problem(refused, 429, "overloaded")
-            assert int(refused.headers["retry-after"]) >= 1
-        finally:
-            fake_ollama.release()
-        assert [r.status_code for r in await asyncio.gather(*jobs)] == [200] * 3
+    async with held_jobs(sidecar, fake_ollama, 3, in_ollama=1) as held:
+        refused = await held.client.post("/ocr", **upload_kwargs())
+        assert_problem(refused, 429, "overloaded")
+        assert int(refused.headers["retry-after"]) >= 1
+    assert [r.status_code for r in held.responses] == [200] * 3
     assert sidecar.metric("sidecar_ocr_rejected_total") == 1
     assert sidecar.upload(PNG, make_job()).status_code == 200  # room again
 
@@ -79,19 +94,10 @@ async def test_full_queue_is_429_with_retry_after(start_sidecar, fake_ollama: Fa
 async def test_critical_vram_admits_one_job_at_a_time(start_sidecar, fake_ollama, vram):
     sidecar = start_sidecar(max_concurrent_ocr=3, queue_size=8)
     vram.used_pct(97)
-    async with httpx.AsyncClient(
-        base_url=sidecar.url, headers=sidecar.client.headers, timeout=60
-    ) as client:
-        fake_ollama.hold()
-        try:
-            jobs = [asyncio.create_task(client.post("/ocr", **upload_kwargs())) for _ in range(3)]
-            assert await asyncio.to_thread(fake_ollama.wait_for, lambda f: f.held == 1)
-            assert await asyncio.to_thread(eventually, lambda: queue(sidecar)["waiting"] == 2)
-            assert fake_ollama.held == 1
-            assert queue(sidecar)["limit"] == 1
-        finally:
-            fake_ollama.release()
-        responses = await asyncio.gather(*jobs)
+    async with held_jobs(sidecar, fake_ollama, 3, in_ollama=1) as held:
+        assert fake_ollama.held == 1
+        assert queue(sidecar)["limit"] == 1
+    responses = held.responses
     assert [r.status_code for r in responses] == [200] * 3
     assert {r.json()["residency"]["keep_alive"] for r in responses} == {"0s"}
     assert fake_ollama.peak_in_flight == 1
