@@ -16,6 +16,7 @@ from fastapi import Depends, FastAPI
 from sidecar.config import Settings, ensure_upload_base
 from sidecar.context import AppContext
 from sidecar.errors import install_error_handlers
+from sidecar.limits import BodyLimitMiddleware, body_limit_for
 from sidecar.observability import Metrics, RequestContextMiddleware
 from sidecar.ocr.pipeline import OcrPipeline
 from sidecar.retrieval.service import RetrievalService
@@ -73,6 +74,8 @@ def create_app(settings: Settings, **injected: Any) -> FastAPI:
     )
     app.state.ctx = ctx
     install_error_handlers(app)
+    # Added first, so it runs inside the request context (request id, metrics, access log).
+    app.add_middleware(BodyLimitMiddleware, limit_for=body_limit_for(settings.max_file_bytes))
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.include_router(health.public_router)
     protected = [Depends(authenticate)]

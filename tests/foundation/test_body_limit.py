@@ -1,0 +1,90 @@
+"""Every request body has a ceiling, enforced while it streams and before auth reads anything."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import httpx
+
+from sidecar.app import create_app
+from sidecar.config import Settings
+from sidecar.limits import MAX_JSON_BODY_BYTES, MIB
+from tests.server import serve
+
+CHUNK = b"x" * MIB
+
+
+def chunks(total: int) -> Iterator[bytes]:
+    """A body sent without Content-Length (chunked transfer encoding)."""
+    for _ in range(total // MIB):
+        yield CHUNK
+
+
+def assert_too_large(response: httpx.Response) -> None:
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["code"] == "payload_too_large"
+    assert body["request_id"] == response.headers["x-request-id"]
+
+
+def test_declared_oversized_json_is_refused_before_auth(
+    make_settings: Callable[..., Settings],
+) -> None:
+    with serve(create_app(make_settings())) as server:
+        response = httpx.post(
+            f"{server.url}/embed",
+            content=b"{" + b" " * (MAX_JSON_BODY_BYTES + 1),
+            headers={"Content-Type": "application/json"},  # and no key: the size is checked first
+        )
+    assert_too_large(response)
+
+
+def test_streamed_oversized_body_is_cut_off(
+    make_settings: Callable[..., Settings], api_key: str
+) -> None:
+    with serve(create_app(make_settings())) as server:
+        response = httpx.post(
+            f"{server.url}/rerank",
+            content=chunks(MAX_JSON_BODY_BYTES + 2 * MIB),
+            headers={"Content-Type": "application/json", "X-API-Key": api_key},
+            timeout=60,
+        )
+        assert_too_large(response)
+        # The sidecar is unharmed and a normal request still goes through.
+        assert httpx.get(f"{server.url}/live").status_code == 200
+
+
+def test_ocr_uploads_get_the_file_limit(
+    make_settings: Callable[..., Settings], api_key: str
+) -> None:
+    part = b'--x\r\nContent-Disposition: form-data; name="file"; filename="a.pdf"\r\n\r\n'
+
+    def upload() -> Iterator[bytes]:
+        yield part + b"%PDF-1.7\n"
+        yield from chunks(4 * MIB)
+
+    headers = {"Content-Type": "multipart/form-data; boundary=x"}
+    with serve(create_app(make_settings(max_file_mb=1))) as server:
+        # /ocr reads its body only after auth: without a key nothing is buffered at all.
+        anonymous = httpx.post(f"{server.url}/ocr", content=upload(), headers=headers, timeout=60)
+        assert anonymous.status_code == 401
+        response = httpx.post(
+            f"{server.url}/ocr",
+            content=upload(),
+            headers=headers | {"X-API-Key": api_key},
+            timeout=60,
+        )
+    assert_too_large(response)
+
+
+def test_bodies_under_the_limit_reach_the_route(
+    make_settings: Callable[..., Settings], api_key: str
+) -> None:
+    with serve(create_app(make_settings())) as server:
+        response = httpx.post(
+            f"{server.url}/embed",
+            content=b"{not json",
+            headers={"Content-Type": "application/json", "X-API-Key": api_key},
+        )
+    assert response.status_code == 422  # the route's own validation answered
