@@ -69,8 +69,10 @@ def create_app(settings: Settings, **injected: Any) -> FastAPI:
         title="OCR sidecar",
         version=health.VERSION,
         lifespan=lifespan,
+        # No unauthenticated schema or docs: only /live and /ready answer without auth.
         docs_url=None,
         redoc_url=None,
+        openapi_url=None,
     )
     app.state.ctx = ctx
     install_error_handlers(app)

@@ -11,6 +11,8 @@ import math
 import re
 
 FOREVER = math.inf
+# Go durations are int64 nanoseconds: ParseDuration refuses anything longer (about 292 years).
+MAX_SECONDS = (2**63 - 1) / 1e9
 
 _UNIT_SECONDS = {
     "ns": 1e-9,
@@ -36,7 +38,11 @@ def parse_ollama_duration(value: object) -> float:
     if isinstance(value, int | float):
         if math.isnan(value):
             raise InvalidDuration("not a number")
-        return FOREVER if value < 0 else float(value)
+        if value < 0:
+            return FOREVER
+        if value > MAX_SECONDS:
+            raise InvalidDuration("longer than Go's maximum duration (about 292 years)")
+        return float(value)
     return _parse_go_duration(value)
 
 
@@ -59,6 +65,8 @@ def _parse_go_duration(text: str) -> float:
             raise InvalidDuration(f'invalid duration "{original}"')
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         position = match.end()
+    if total > MAX_SECONDS:
+        raise InvalidDuration(f'invalid duration "{original}"')
     if sign < 0 and total > 0:
         return FOREVER
     return total

@@ -7,6 +7,7 @@ key, a stack trace or a resolved filesystem path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+# An absolute filesystem path inside some other component's message (Ollama, a model loader).
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s'\"]+")
 TYPE_BASE = "https://ocr-sidecar.local/problems/"
 
 # code -> (status, title). The single list of documented error codes.
@@ -42,6 +45,11 @@ CODES: dict[str, tuple[int, str]] = {
     "not_ready": (503, "Not ready"),
     "ollama_timeout": (504, "Ollama timed out"),
 }
+
+
+def redact_paths(text: str) -> str:
+    """`text` with absolute filesystem paths replaced by `<path>`, fit for a problem `detail`."""
+    return _ABSOLUTE_PATH.sub("<path>", text)
 
 
 class ApiError(Exception):

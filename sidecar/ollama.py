@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from sidecar.errors import ApiError
+from sidecar.errors import ApiError, redact_paths
 
 # Ollama restarts (or frees its queue) within seconds; the backend's client honours this.
 RETRY_AFTER_S = 5
@@ -125,7 +125,8 @@ class _VersionReply(BaseModel):
 
 
 def _ollama_error_text(response: httpx.Response) -> str:
-    """Ollama's `{"error": …}` text, or the start of the raw body."""
+    """Ollama's `{"error": …}` text, or the start of the raw body, with file paths redacted
+    (Ollama's load errors name its blob files)."""
     try:
         body = response.json()
     except ValueError:
@@ -133,7 +134,8 @@ def _ollama_error_text(response: httpx.Response) -> str:
     text = body.get("error") if isinstance(body, dict) else None
     if not isinstance(text, str):
         text = response.text
-    return " ".join(text.split())[:_MAX_ERROR_TEXT] or f"HTTP {response.status_code}"
+    text = redact_paths(" ".join(text.split()))
+    return text[:_MAX_ERROR_TEXT] or f"HTTP {response.status_code}"
 
 
 def _model_missing(status: int, text: str) -> bool:

@@ -216,9 +216,10 @@ def read_upload(base: Path, user_path: str, max_bytes: int) -> bytes:
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
             raise ApiError("path_forbidden", PATH_FORBIDDEN_DETAIL) from None
-        if exc.errno in (errno.EACCES, errno.EPERM):
-            raise ApiError("document_not_found", "The document cannot be read.") from None
-        raise
+        if exc.errno == errno.ENAMETOOLONG:
+            raise ApiError("path_forbidden", "The path is too long.") from None
+        # EACCES, EPERM, ENXIO (a socket), …: whatever sits there is not a readable document.
+        raise ApiError("document_not_found", "The document cannot be read.") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

@@ -8,13 +8,12 @@ fp32 on the CPU; `sidecar.devices` then places them (and casts to fp16 on the GP
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
+from sidecar.errors import redact_paths
 from sidecar.retrieval.embedder import Embedder
 from sidecar.retrieval.reranker import Reranker
 
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s'\"]+")
 _MAX_REASON = 200
 
 
@@ -57,7 +56,7 @@ def describe_load_error(exc: BaseException) -> str:
     """A short reason for /ready (unauthenticated): the exception type and its first line with
     filesystem paths blanked out (hub caches and install paths are nobody's business)."""
     first_line = (str(exc).strip().splitlines() or [""])[0]
-    message = _ABSOLUTE_PATH.sub("<path>", first_line)
+    message = redact_paths(first_line)
     if len(message) > _MAX_REASON:
         message = message[: _MAX_REASON - 1] + "…"
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,8 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.symlink("loop_b", base / "loop_a")
     os.symlink("loop_a", base / "loop_b")
     os.mkfifo(base / "fifo")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(base / "sock"))  # opening a socket file fails with ENXIO
     return root
 
 
@@ -69,6 +72,9 @@ def status_of(base: Path, user_path: str) -> int | bytes:
         ("missing.pdf", 404),
         ("tenant", 404),
         ("fifo", 404),
+        ("sock", 404),
+        ("a" * 300, 403),
+        ("tenant/" + "d" * 300 + "/x.pdf", 403),
         ("loop_a", 403),
         (".", 404),
         ("", 403),

@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from sidecar.errors import ApiError
-from sidecar.ollama import OllamaClient, model_key
+from sidecar.ollama import OllamaClient, error_for_status, model_key
 from tests.fake_ollama import FakeModel, FakeOllama
 
 
@@ -54,3 +54,12 @@ async def test_client_reads_ps_and_maps_capability_errors():
                                   keep_alive="0s")  # fmt: skip
             assert error.value.code == "model_not_available"
             assert "does not support chat" in error.value.detail
+
+
+def test_ollama_error_text_never_brings_file_paths_into_detail():
+    blob = "/root/.ollama/models/blobs/sha256-9f1c"
+    response = httpx.Response(500, json={"error": f"error loading model {blob}: out of memory"})
+    error = error_for_status(response, "scb10x/typhoon-ocr1.5-3b")
+    assert error.code == "ollama_bad_response"
+    assert blob not in error.detail and "/root" not in error.detail
+    assert "error loading model <path> out of memory" in error.detail
