@@ -64,8 +64,19 @@ def user_message(prompt: OcrPrompt, image_b64: str, anchor_text: str | None) -> 
     return {"role": "user", "content": content, "images": [image_b64]}
 
 
+class InvalidOption(ApiError):
+    """An Ollama option the sidecar refuses (422); `field` names it, e.g. profile.options.num_ctx.
+
+    The backend catches it too, so a bad stored profile fails there, before anything is sent."""
+
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__("validation_error", f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
 def _bad(field: str, message: str) -> ApiError:
-    return ApiError("validation_error", f"{field}: {message}")
+    return InvalidOption(field, message)
 
 
 def _check_range(field: str, name: str, value: float) -> None:

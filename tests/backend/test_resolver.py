@@ -109,6 +109,10 @@ INVALID_PROFILES = [
     ("model = '   '", "model"),
     ('options = \'{"keep_alive": "1h"}\'', "options.keep_alive"),
     ("options = '[1, 2]'", "options"),
+    # Ollama options the sidecar would refuse with its 422: refused here, before sending.
+    ('options = \'{"num_ctx": "big"}\'', "options.num_ctx"),
+    ('options = \'{"max_tokens": 5}\'', "options.max_tokens"),
+    ('options = \'{"temperature": 0.5}\'', "options.temperature"),
 ]
 
 
