@@ -111,8 +111,8 @@ INVALID_PROFILES = [
     ("options = '[1, 2]'", "options"),
     # Ollama options the sidecar would refuse with its 422: refused here, before sending.
     ('options = \'{"num_ctx": "big"}\'', "options.num_ctx"),
-    ('options = \'{"max_tokens": 5}\'', "options.max_tokens"),
-    ('options = \'{"temperature": 0.5}\'', "options.temperature"),
+    ("options = '{\"max_tokens\": 5}'", "options.max_tokens"),
+    ("options = '{\"temperature\": 0.5}'", "options.temperature"),
 ]
 
 
