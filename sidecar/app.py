@@ -11,7 +11,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import httpx
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 
 from sidecar.config import Settings, ensure_upload_base
 from sidecar.context import AppContext
@@ -21,7 +21,7 @@ from sidecar.observability import Metrics, RequestContextMiddleware
 from sidecar.ocr.pipeline import OcrPipeline
 from sidecar.retrieval.service import RetrievalService
 from sidecar.routes import health, ocr, retrieval
-from sidecar.security import KeyStore, authenticate
+from sidecar.security import AuthMiddleware, KeyStore
 from sidecar.vram_monitor import monitor_from_source
 
 INJECTABLE = frozenset({"metrics", "vram_monitor", "key_store", "http_client", "ocr", "retrieval"})
@@ -76,12 +76,13 @@ def create_app(settings: Settings, **injected: Any) -> FastAPI:
     )
     app.state.ctx = ctx
     install_error_handlers(app)
-    # Added first, so it runs inside the request context (request id, metrics, access log).
+    # The last added runs first: request context (id, metrics, log), then auth, then the body
+    # ceiling, so an unauthenticated request is answered before a byte of its body is read.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit_for(settings.max_file_bytes))
+    app.add_middleware(AuthMiddleware, ctx=ctx)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
-    app.include_router(health.public_router)
-    protected = [Depends(authenticate)]
-    app.include_router(health.protected_router, dependencies=protected)
-    app.include_router(ocr.router, dependencies=protected)
-    app.include_router(retrieval.router, dependencies=protected)
+    app.include_router(health.public_router)  # security.PUBLIC_PATHS: /live, /ready
+    app.include_router(health.protected_router)
+    app.include_router(ocr.router)
+    app.include_router(retrieval.router)
     return app

@@ -4,7 +4,8 @@
   `OCR_SIDECAR_API_KEY_FILE` the file is re-read when its mtime, size or inode changes, so a key
   rotates with no restart, whether ops rewrite the file in place or replace it by rename. A bad new
   file keeps the old keys (and logs an error) rather than locking every client out.
-- `authenticate`: the FastAPI dependency enforcing `OCR_SIDECAR_AUTH_MODE`.
+- `AuthMiddleware`: enforces `OCR_SIDECAR_AUTH_MODE` on every path but /live and /ready, before
+  anything reads the request body.
 - `read_upload`: the path guard of DESIGN.md §4.
 """
 
@@ -23,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote
 
-from fastapi import Request
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.config import IpNetwork, Settings, read_key_file
-from sidecar.context import get_context
-from sidecar.errors import ApiError
+from sidecar.context import AppContext
+from sidecar.errors import ApiError, problem_response
 from sidecar.observability import Metrics
 
 logger = logging.getLogger("sidecar.security")
@@ -127,18 +129,41 @@ def client_in_networks(host: str | None, networks: Sequence[IpNetwork]) -> bool:
     return any(address in network for network in networks)
 
 
-async def authenticate(request: Request) -> None:
-    """FastAPI dependency: enforce the auth mode; 403 `forbidden_network`, 401 `unauthorized`."""
-    ctx = get_context(request)
+PUBLIC_PATHS = frozenset({"/live", "/ready"})
+
+
+def check_access(ctx: AppContext, peer: str | None, presented_key: str | None) -> None:
+    """Enforce the auth mode: ApiError 403 `forbidden_network`, then 401 `unauthorized`."""
     settings = ctx.settings
-    if settings.requires_network:
-        peer = request.client.host if request.client else None
-        if not client_in_networks(peer, settings.trusted_networks):
-            ctx.metrics.auth_failures.labels("network").inc()
-            raise ApiError("forbidden_network", FORBIDDEN_NETWORK_DETAIL)
-    if settings.requires_key and not ctx.keys.verify(request.headers.get(API_KEY_HEADER)):
+    if settings.requires_network and not client_in_networks(peer, settings.trusted_networks):
+        ctx.metrics.auth_failures.labels("network").inc()
+        raise ApiError("forbidden_network", FORBIDDEN_NETWORK_DETAIL)
+    if settings.requires_key and not ctx.keys.verify(presented_key):
         ctx.metrics.auth_failures.labels("api_key").inc()
         raise ApiError("unauthorized", UNAUTHORIZED_DETAIL)
+
+
+class AuthMiddleware:
+    """Every path but /live and /ready is checked here, before routing: FastAPI would read and
+    parse a JSON body before a route's dependencies run, so a dependency is too late."""
+
+    def __init__(self, app: ASGIApp, ctx: AppContext) -> None:
+        self.app = app
+        self.ctx = ctx
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope.get("path") in PUBLIC_PATHS:
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        peer = request.client.host if request.client else None
+        try:
+            check_access(self.ctx, peer, request.headers.get(API_KEY_HEADER))
+        except ApiError as error:
+            response = problem_response(request, error.code, error.detail)
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 # --- path guard -------------------------------------------------------------------------------

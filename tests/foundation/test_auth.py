@@ -8,6 +8,8 @@ import httpx
 
 from sidecar.app import create_app
 from sidecar.config import Settings
+from sidecar.routes import health, ocr, retrieval
+from sidecar.security import PUBLIC_PATHS
 from tests.conftest import new_api_key
 from tests.server import serve
 
@@ -84,3 +86,20 @@ def test_auth_failures_are_counted(make_settings: Callable[..., Settings], api_k
             c.get("/health", headers={"X-API-Key": "nope"})
         text = c.get("/metrics", headers={"X-API-Key": api_key}).text
     assert 'sidecar_auth_failures_total{reason="api_key"} 3.0' in text
+
+
+def test_every_route_but_live_and_ready_requires_auth(
+    make_settings: Callable[..., Settings],
+) -> None:
+    app = create_app(make_settings())
+    routers = (health.public_router, health.protected_router, ocr.router, retrieval.router)
+    routes = [(method, route.path) for router in routers for route in router.routes
+              for method in sorted(route.methods)]  # fmt: skip
+    assert {path for _, path in routes} >= {"/ocr", "/embed", "/rerank", "/health", "/metrics"}
+    with serve(app) as server, httpx.Client(base_url=server.url) as client:
+        for method, path in routes:
+            response = client.request(method, path)
+            if path in PUBLIC_PATHS:
+                assert response.status_code != 401, path
+            else:
+                assert problem(response)["code"] == "unauthorized", (method, path)

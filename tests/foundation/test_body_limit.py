@@ -1,4 +1,4 @@
-"""Every request body has a ceiling, enforced while it streams and before auth reads anything."""
+"""Every request body has a ceiling, enforced while it streams, before a route reads it."""
 
 from __future__ import annotations
 
@@ -28,14 +28,17 @@ def assert_too_large(response: httpx.Response) -> None:
     assert body["request_id"] == response.headers["x-request-id"]
 
 
-def test_declared_oversized_json_is_refused_before_auth(
-    make_settings: Callable[..., Settings],
+def test_declared_oversized_json_is_refused_unread(
+    make_settings: Callable[..., Settings], api_key: str
 ) -> None:
+    body = b"{" + b" " * (MAX_JSON_BODY_BYTES + 1)
+    headers = {"Content-Type": "application/json"}
     with serve(create_app(make_settings())) as server:
+        # Without a key the answer comes before a byte of the body is read.
+        anonymous = httpx.post(f"{server.url}/embed", content=body, headers=headers)
+        assert anonymous.status_code == 401
         response = httpx.post(
-            f"{server.url}/embed",
-            content=b"{" + b" " * (MAX_JSON_BODY_BYTES + 1),
-            headers={"Content-Type": "application/json"},  # and no key: the size is checked first
+            f"{server.url}/embed", content=body, headers=headers | {"X-API-Key": api_key}
         )
     assert_too_large(response)
 
