@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Literal, TypeVar
 
@@ -131,6 +132,8 @@ class RetrievalService:
         # Fast tokenizers must not be called from two threads at once ("Already borrowed"):
         # one lock for both tokenizers, one thread for the big requests.
         self._tokenizer_lock = threading.Lock()
+        # Texts being tokenised per model, counted against its queue (event-loop state only).
+        self._tokenizing: dict[str, int] = {"embed": 0, "rerank": 0}
         self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self._load_task: asyncio.Task[None] | None = None
         self.loaded = asyncio.Event()
@@ -270,6 +273,24 @@ class RetrievalService:
                 "Shorten it or send truncate=true",
             ) from None
 
+    @contextmanager
+    def _admitted(self, batcher: MicroBatcher[Any, Any], count: int) -> Iterator[None]:
+        """Hold `count` places while a request is tokenised: the 429 for a full queue comes before
+        the tokenizer work, so requests cannot pile up unbounded in front of the queue."""
+        if batcher.depth + self._tokenizing[batcher.kind] + count > batcher.max_queued_items:
+            self.metrics.retrieval_rejected.labels(batcher.kind).inc()
+            retry = batcher.retry_after_s()
+            raise ApiError(
+                "overloaded",
+                f"the {batcher.kind} queue is full; retry after {retry}s",
+                headers={"Retry-After": str(retry)},
+            )
+        self._tokenizing[batcher.kind] += count
+        try:
+            yield
+        finally:
+            self._tokenizing[batcher.kind] -= count
+
     async def _submit(
         self, batcher: MicroBatcher[Any, Any], payloads: Sequence[Any], lengths: Sequence[int]
     ) -> Completed[Any]:
@@ -289,13 +310,14 @@ class RetrievalService:
     async def embed(self, request: EmbedRequest) -> Reply:
         self._check_count(len(request.inputs), "inputs")
         model, batcher = self._ready(self.embed_slot)
-        token_ids: list[list[int]] = await self._tokenize(
-            model.tokenize,
-            request.inputs,
-            request.truncate,
-            chars=sum(len(text) for text in request.inputs),
-            what="inputs",
-        )
+        with self._admitted(batcher, len(request.inputs)):
+            token_ids: list[list[int]] = await self._tokenize(
+                model.tokenize,
+                request.inputs,
+                request.truncate,
+                chars=sum(len(text) for text in request.inputs),
+                what="inputs",
+            )
         items = [EmbedItem(ids, request.return_sparse) for ids in token_ids]
         done = await self._submit(batcher, items, [len(ids) for ids in token_ids])
         dense = np.stack([output.dense for output in done.outputs]).astype(np.float32, copy=False)
@@ -315,14 +337,15 @@ class RetrievalService:
     async def rerank(self, request: RerankRequest) -> Reply:
         self._check_count(len(request.texts), "texts")
         model, batcher = self._ready(self.rerank_slot)
-        pairs: list[PairItem] = await self._tokenize(
-            model.tokenize,
-            request.query,
-            request.texts,
-            request.truncate,
-            chars=len(request.query) * len(request.texts) + sum(len(t) for t in request.texts),
-            what="texts",
-        )
+        with self._admitted(batcher, len(request.texts)):
+            pairs: list[PairItem] = await self._tokenize(
+                model.tokenize,
+                request.query,
+                request.texts,
+                request.truncate,
+                chars=len(request.query) * len(request.texts) + sum(len(t) for t in request.texts),
+                what="texts",
+            )
         done = await self._submit(batcher, pairs, [len(pair.token_ids) for pair in pairs])
         scores = [sigmoid(s) for s in done.outputs] if request.normalize else list(done.outputs)
         results = [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -162,6 +163,23 @@ def test_full_queue_is_429_with_retry_after(shared_app: Callable[..., RunningApp
     assert len(queued.result().json()["dense"]) == 3
     metrics = app.client.get("/metrics").text
     assert 'sidecar_retrieval_rejected_total{kind="embed"} 1.0' in metrics
+
+
+def test_requests_waiting_for_the_tokenizer_count_against_the_queue(
+    shared_app: Callable[..., RunningApp],
+) -> None:
+    app = shared_app(service_kwargs={"max_queued_items": 3})
+    long_texts = ["word " * 1000] * 3  # over the inline limit: tokenised in the tokenizer thread
+    with ThreadPoolExecutor(1) as pool, holding(app.service._tokenizer_lock):
+        waiting = pool.submit(app.client.post, "/embed", json={"inputs": long_texts})
+        deadline = time.monotonic() + 30
+        while app.service._tokenizing["embed"] != 3:  # admitted, stuck behind the tokenizer
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        refused = app.client.post("/embed", json={"inputs": ["one too many"]})
+        assert refused.status_code == 429 and refused.json()["code"] == "overloaded"
+    assert len(waiting.result().json()["dense"]) == 3
+    assert app.service._tokenizing["embed"] == 0
 
 
 def test_device_headers_health_and_metrics(shared_app: Callable[..., RunningApp]) -> None:
