@@ -165,6 +165,11 @@ def target_size(width: int, height: int) -> tuple[int, int]:
     return max(1, round(width * factor)), max(1, round(height * factor))
 
 
+# A page scanned at 600 dpi on A3 is ~70 MP; anything larger is no document page, and a queued
+# job must not hold a decoded bitmap of Pillow's own bomb limit (179 MP, ~0.5 GB RGB).
+MAX_IMAGE_PIXELS = 80_000_000
+
+
 class ImageDocument:
     def __init__(self, data: bytes, kind: DocumentKind) -> None:
         self.kind = kind
@@ -172,7 +177,9 @@ class ImageDocument:
         self._lock = threading.Lock()  # one Pillow image object: one thread at a time
         self._closed = False
         try:
-            self._image = Image.open(io.BytesIO(data))
+            self._image = Image.open(io.BytesIO(data))  # reads the header only
+            if self._image.width * self._image.height > MAX_IMAGE_PIXELS:
+                raise Image.DecompressionBombError("too many pixels")
             self._check_integrity()
         except Image.DecompressionBombError:
             raise invalid("The image has too many pixels to decode safely.") from None

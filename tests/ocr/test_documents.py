@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import struct
 import threading
+import zlib
 
 import pytest
 from PIL import Image
@@ -12,6 +14,7 @@ from PIL import Image
 from sidecar.errors import ApiError
 from sidecar.ocr.anchor import escape_run, join_capped
 from sidecar.ocr.documents import (
+    MAX_IMAGE_PIXELS,
     DocumentKind,
     ImageDocument,
     PdfDocument,
@@ -126,3 +129,20 @@ def test_pdfs_render_safely_from_many_threads():
     for document in documents:
         document.close()
     assert errors == []
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A real small PNG whose IHDR claims another size (CRC fixed): the header is all we read."""
+    data = bytearray(make_image("PNG", (200, 100)))
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4 : ihdr + 12] = struct.pack(">II", width, height)
+    data[ihdr + 17 : ihdr + 21] = struct.pack(">I", zlib.crc32(bytes(data[ihdr : ihdr + 17])))
+    return bytes(data)
+
+
+def test_images_beyond_a_page_size_are_refused_from_the_header():
+    with pytest.raises(ApiError) as caught:
+        open_document(_png_claiming(9_500, 9_000))  # 85.5 MP > MAX_IMAGE_PIXELS
+    assert caught.value.code == "invalid_document"
+    assert "too many pixels" in caught.value.detail
+    assert 9_500 * 9_000 > MAX_IMAGE_PIXELS >= 8_000 * 8_000
