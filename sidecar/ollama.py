@@ -19,7 +19,7 @@ failure leaves a pooled connection checked out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -33,6 +33,7 @@ PROBE_TIMEOUT_S = 3.0
 # How much of Ollama's own error text we pass on (it never holds a secret, but may be long).
 _MAX_ERROR_TEXT = 300
 _DEFAULT_REGISTRY_PREFIXES = ("registry.ollama.ai/library/", "registry.ollama.ai/")
+ReplyT = TypeVar("ReplyT", bound=BaseModel)
 
 
 def model_key(name: str) -> str:
@@ -207,11 +208,13 @@ class OllamaClient:
         self,
         method: str,
         path: str,
+        reply: type[ReplyT],
         *,
         body: dict[str, Any] | None = None,
         model: str | None = None,
         timeouts: httpx.Timeout | None = None,
-    ) -> Any:
+    ) -> ReplyT:
+        """One call, its answer validated as `reply`; every failure is a documented ApiError."""
         try:
             response = await self.http.request(
                 method, self.base_url + path, json=body, timeout=timeouts or self.timeout
@@ -221,31 +224,28 @@ class OllamaClient:
         if response.status_code >= 300:
             raise error_for_status(response, model)
         try:
-            return response.json()
+            data = response.json()
         except (ValueError, UnicodeDecodeError):
             raise ApiError(
                 "ollama_bad_response", f"Ollama's answer to {path} is not JSON."
             ) from None
-
-    async def version(self) -> str:
-        data = await self._request("GET", "/api/version", timeouts=self.probe_timeout)
         try:
-            return _VersionReply.model_validate(data).version
+            return reply.model_validate(data)
         except ValidationError:
             raise ApiError(
-                "ollama_bad_response", "Ollama's /api/version answer has no version."
+                "ollama_bad_response", f"Ollama's answer to {path} has an unknown shape."
             ) from None
+
+    async def version(self) -> str:
+        reply = await self._request(
+            "GET", "/api/version", _VersionReply, timeouts=self.probe_timeout
+        )
+        return reply.version
 
     async def loaded_models(self, *, probe: bool = False) -> list[LoadedModel]:
         """/api/ps: the models in memory (compare names through `model_key`)."""
         timeouts = self.probe_timeout if probe else self.timeout
-        data = await self._request("GET", "/api/ps", timeouts=timeouts)
-        try:
-            reply = _PsReply.model_validate(data)
-        except ValidationError:
-            raise ApiError(
-                "ollama_bad_response", "Ollama's /api/ps answer has an unknown shape."
-            ) from None
+        reply = await self._request("GET", "/api/ps", _PsReply, timeouts=timeouts)
         return [LoadedModel(m.name, m.size, m.size_vram, m.expires_at) for m in reply.models]
 
     async def load(
@@ -270,13 +270,7 @@ class OllamaClient:
             "options": options,
             "keep_alive": keep_alive,
         }
-        data = await self._request("POST", "/api/generate", body=body, model=model)
-        try:
-            _LoadReply.model_validate(data)
-        except ValidationError:
-            raise ApiError(
-                "ollama_bad_response", "Ollama's answer to the load call has an unknown shape."
-            ) from None
+        await self._request("POST", "/api/generate", _LoadReply, body=body, model=model)
 
     async def chat(
         self,
@@ -294,10 +288,4 @@ class OllamaClient:
             "options": options,
             "keep_alive": keep_alive,
         }
-        data = await self._request("POST", "/api/chat", body=body, model=model)
-        try:
-            return ChatReply.model_validate(data)
-        except ValidationError:
-            raise ApiError(
-                "ollama_bad_response", "Ollama's /api/chat answer has an unknown shape."
-            ) from None
+        return await self._request("POST", "/api/chat", ChatReply, body=body, model=model)
