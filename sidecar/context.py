@@ -29,15 +29,11 @@ class AppContext:
     retrieval: RetrievalService | None = None
 
 
-def get_context(request: Request) -> AppContext:
+async def get_context(request: Request) -> AppContext:
+    # async on purpose: FastAPI runs a plain-function dependency in its thread pool, one thread
+    # hop per request for an attribute lookup.
     return request.app.state.ctx  # type: ignore[no-any-return]
 
 
-async def _context_dependency(request: Request) -> AppContext:
-    # async on purpose: FastAPI runs a plain-function dependency in its thread pool, one thread
-    # hop per request for a dictionary lookup.
-    return get_context(request)
-
-
 # Route parameter type: `ctx: Ctx` gives the app's context.
-Ctx = Annotated[AppContext, Depends(_context_dependency)]
+Ctx = Annotated[AppContext, Depends(get_context)]
