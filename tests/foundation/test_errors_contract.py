@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -117,3 +119,14 @@ def test_library_logs_go_through_the_json_handler() -> None:
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+
+
+def test_readme_documents_exactly_the_codes_the_sidecar_uses() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("| status | code |", 1)[1].split("\n\n", 1)[0]
+    documented = {
+        code: int(row.split("|")[1])
+        for row in table.splitlines()[2:]
+        for code in re.findall(r"`([a-z_]+)`", row.split("|")[2])
+    }
+    assert documented == {code: status for code, (status, _title) in CODES.items()}
