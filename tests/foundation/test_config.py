@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from sidecar.config import (
     ENV_EXAMPLE_PLACEHOLDER,
     MIN_KEY_LENGTH,
     ConfigError,
+    Settings,
     key_problem,
     load_settings,
     parse_key_lines,
@@ -121,3 +123,10 @@ def test_strong_keys_are_accepted_iff_varied(key: str) -> None:
         assert problem is None
     else:
         assert problem is not None
+
+
+def test_readme_configuration_table_lists_every_setting() -> None:
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    names = set(re.findall(r"`([A-Z][A-Z0-9_]+)`", table))
+    assert {field.upper() for field in Settings.model_fields} <= names
