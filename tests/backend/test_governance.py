@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import select, text
@@ -161,14 +163,23 @@ async def _wait_until_blocked_on_a_lock(observer: AsyncConnection, database: str
             await asyncio.sleep(0.01)
 
 
-@pytest.mark.postgres
-async def test_an_activation_waits_for_a_concurrent_one_and_then_wins(postgres_url: str) -> None:
+@contextlib.asynccontextmanager
+async def _fresh_with_three_versions(postgres_url: str) -> AsyncIterator[Database]:
+    """A freshly migrated database holding prompt versions 1 (active), 2 and 3."""
     db = Database.from_url(postgres_url)
     try:
         await migrate.downgrade(db.engine, "base")
         await migrate.upgrade(db.engine)
         await governance.add_prompt_version(db, KEY, system_prompt="v2")
         await governance.add_prompt_version(db, KEY, system_prompt="v3")
+        yield db
+    finally:
+        await db.dispose()
+
+
+@pytest.mark.postgres
+async def test_an_activation_waits_for_a_concurrent_one_and_then_wins(postgres_url: str) -> None:
+    async with _fresh_with_three_versions(postgres_url) as db:
         async with db.engine.connect() as first, db.engine.connect() as observer:
             # A first activation (of v2) holds the key's rows, mid-transaction.
             await first.execute(
@@ -183,8 +194,6 @@ async def test_an_activation_waits_for_a_concurrent_one_and_then_wins(postgres_u
             row = await second
         assert (row.version, row.is_active) == (3, True)
         assert await _versions(db) == [(1, False), (2, False), (3, True)]
-    finally:
-        await db.dispose()
 
 
 @pytest.mark.postgres
@@ -192,12 +201,7 @@ async def test_the_partial_index_stops_a_racing_writer_that_skips_the_lock(
     postgres_url: str,
 ) -> None:
     """Even two writers that bypass the repository cannot leave two versions active."""
-    db = Database.from_url(postgres_url)
-    try:
-        await migrate.downgrade(db.engine, "base")
-        await migrate.upgrade(db.engine)
-        await governance.add_prompt_version(db, KEY, system_prompt="v2")
-        await governance.add_prompt_version(db, KEY, system_prompt="v3")
+    async with _fresh_with_three_versions(postgres_url) as db:
         async with (
             db.engine.connect() as first,
             db.engine.connect() as second,
@@ -218,5 +222,3 @@ async def test_the_partial_index_stops_a_racing_writer_that_skips_the_lock(
                 await racing
             await second.rollback()
         assert await _versions(db) == [(1, False), (2, True), (3, False)]
-    finally:
-        await db.dispose()
