@@ -69,7 +69,7 @@ def create_app(settings: Settings, **injected: Any) -> FastAPI:
         title="OCR sidecar",
         version=health.VERSION,
         lifespan=lifespan,
-        # No unauthenticated schema or docs: only /live and /ready answer without auth.
+        # No schema or docs routes at all; auth guards everything but /live and /ready.
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
