@@ -21,18 +21,22 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import torch
 
 from sidecar.observability import Metrics
-from sidecar.vram_monitor import VramMonitor, VramSnapshot
+from sidecar.placement_policy import (
+    Device,
+    DeviceMode,
+    PlacementDecision,
+    PlacementInputs,
+    decide_placement,
+)
+from sidecar.vram_monitor import VramMonitor
 
 logger = logging.getLogger("sidecar.devices")
 
-Device = Literal["cuda", "cpu"]
-DeviceMode = Literal["auto", "cpu", "cuda"]
 T = TypeVar("T")
 MIB = 1024 * 1024
 
@@ -43,63 +47,6 @@ DEFAULT_HEADROOM_MIB = 1024
 DEFAULT_SETTLE_S = 30.0
 # How often the watcher re-reads VRAM when no batch is running.
 DEFAULT_CHECK_INTERVAL_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class PlacementDecision:
-    device: Device
-    reason: str
-    # True when the GPU would be chosen but for the settling period (the caller keeps its clock).
-    gpu_fits: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class PlacementInputs:
-    mode: DeviceMode
-    cuda_available: bool
-    vram: VramSnapshot | None
-    model_mib: int
-    headroom_mib: int
-    pressure_pct: float
-    current: Device
-    fit_held_s: float  # how long the GPU has continuously fitted (0 when it just started)
-    settle_s: float
-
-
-def _pct(value: float) -> str:
-    return f"{value:.0f}%"
-
-
-def decide_placement(inputs: PlacementInputs) -> PlacementDecision:
-    """Where a model should run now. Pure: same inputs, same answer."""
-    if inputs.mode == "cpu":
-        return PlacementDecision("cpu", "MODEL_DEVICE=cpu")
-    if not inputs.cuda_available:
-        return PlacementDecision("cpu", "cuda unavailable")
-    if inputs.mode == "cuda":
-        # The operator pinned the GPU: no VRAM-based fallback.
-        return PlacementDecision("cuda", "MODEL_DEVICE=cuda", gpu_fits=True)
-    vram = inputs.vram
-    if vram is None:
-        return PlacementDecision("cpu", "vram unknown")
-    if vram.used_pct >= inputs.pressure_pct:
-        reason = f"vram pressure {_pct(vram.used_pct)} ≥ {_pct(inputs.pressure_pct)}"
-        return PlacementDecision("cpu", reason)
-    if inputs.current == "cuda":
-        # Its weights are already counted in `used`; below the threshold it stays.
-        return PlacementDecision("cuda", "vram ok", gpu_fits=True)
-    needed = inputs.model_mib + inputs.headroom_mib
-    if vram.free_mib < needed:
-        return PlacementDecision("cpu", f"free vram {vram.free_mib} MiB < {needed} MiB needed")
-    after_pct = 100.0 * (vram.used_mib + needed) / vram.total_mib if vram.total_mib else 100.0
-    if after_pct >= inputs.pressure_pct:
-        # Moving up would itself cross the threshold and bounce straight back.
-        reason = f"vram would reach {_pct(after_pct)} ≥ {_pct(inputs.pressure_pct)} on the gpu"
-        return PlacementDecision("cpu", reason)
-    if inputs.fit_held_s < inputs.settle_s:
-        reason = f"settling: vram free for {inputs.fit_held_s:.0f}s < {inputs.settle_s:.0f}s"
-        return PlacementDecision("cpu", reason, gpu_fits=True)
-    return PlacementDecision("cuda", "vram ok", gpu_fits=True)
 
 
 def module_mib(module: torch.nn.Module, bytes_per_param: int = 2) -> int:

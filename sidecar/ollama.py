@@ -18,13 +18,13 @@ failure leaves a pooled connection checked out.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sidecar.errors import ApiError, redact_paths
+from sidecar.loaded_models import LoadedModel
 
 # Ollama restarts (or frees its queue) within seconds; the backend's client honours this.
 RETRY_AFTER_S = 5
@@ -32,25 +32,7 @@ RETRY_AFTER_S = 5
 PROBE_TIMEOUT_S = 3.0
 # How much of Ollama's own error text we pass on (it never holds a secret, but may be long).
 _MAX_ERROR_TEXT = 300
-_DEFAULT_REGISTRY_PREFIXES = ("registry.ollama.ai/library/", "registry.ollama.ai/")
 ReplyT = TypeVar("ReplyT", bound=BaseModel)
-
-
-def model_key(name: str) -> str:
-    """Comparable form of a model name, as /api/ps shows it: default host and `library/`
-    dropped, `:latest` added when there is no tag; case-folded (Ollama matches names
-    case-insensitively)."""
-    normalized = name.strip()
-    for prefix in _DEFAULT_REGISTRY_PREFIXES:
-        if normalized.lower().startswith(prefix):
-            normalized = normalized[len(prefix) :]
-            break
-    if normalized.lower().startswith("library/"):
-        normalized = normalized[len("library/") :]
-    last_part = normalized.rsplit("/", 1)[-1]
-    if ":" not in last_part:
-        normalized += ":latest"
-    return normalized.lower()
 
 
 class ChatMessage(BaseModel):
@@ -87,24 +69,6 @@ class _LoadReply(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
     done: bool
-
-
-@dataclass(frozen=True, slots=True)
-class LoadedModel:
-    """One entry of /api/ps."""
-
-    name: str
-    size: int
-    size_vram: int
-    expires_at: str | None = None
-
-    @property
-    def size_mib(self) -> int:
-        return self.size // (1024 * 1024)
-
-    @property
-    def size_vram_mib(self) -> int:
-        return self.size_vram // (1024 * 1024)
 
 
 class _PsEntry(BaseModel):

@@ -37,7 +37,7 @@ from fnmatch import fnmatchcase
 from typing import Protocol
 
 from sidecar.durations import format_seconds
-from sidecar.ollama import LoadedModel, model_key
+from sidecar.loaded_models import LoadedModel, model_key
 from sidecar.schemas import OcrProfile
 from sidecar.vram_monitor import VramSnapshot
 

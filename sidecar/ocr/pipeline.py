@@ -25,6 +25,7 @@ import httpx
 from sidecar.admission import AdmissionControl
 from sidecar.config import Settings
 from sidecar.errors import ApiError
+from sidecar.loaded_models import LoadedModel, model_key
 from sidecar.observability import Metrics
 from sidecar.ocr.documents import Document, PageImage, open_document
 from sidecar.ocr.messages import (
@@ -34,7 +35,7 @@ from sidecar.ocr.messages import (
     system_messages,
     user_message,
 )
-from sidecar.ollama import ChatReply, LoadedModel, OllamaClient, model_key
+from sidecar.ollama import ChatReply, OllamaClient
 from sidecar.residency_policy import ResidencyDecision, calculate_ocr_residency
 from sidecar.schemas import (
     OcrJob,

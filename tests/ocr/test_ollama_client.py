@@ -6,7 +6,8 @@ import httpx
 import pytest
 
 from sidecar.errors import ApiError
-from sidecar.ollama import OllamaClient, error_for_status, model_key
+from sidecar.loaded_models import model_key
+from sidecar.ollama import OllamaClient, error_for_status
 from tests.fake_ollama import FakeModel, FakeOllama
 
 

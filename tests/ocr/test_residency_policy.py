@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.ollama import LoadedModel
+from sidecar.loaded_models import LoadedModel
 from sidecar.residency_policy import (
     FOREVER_CAP_S,
     calculate_ocr_residency,

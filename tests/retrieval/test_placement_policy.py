@@ -7,7 +7,7 @@ import dataclasses
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from sidecar.devices import PlacementInputs, decide_placement
+from sidecar.placement_policy import PlacementInputs, decide_placement
 from sidecar.vram_monitor import VramSnapshot
 
 
