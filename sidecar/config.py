@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from sidecar.durations import InvalidDuration, parse_ollama_duration
+
 ENV_PREFIX = "OCR_SIDECAR_"
 MIN_KEY_LENGTH = 32
 
@@ -131,6 +133,9 @@ class Settings(BaseSettings):
 
     priority_models: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["typhoon2.5*"])
     llm_reserve_mib: int = Field(9000, ge=0)
+    # The keep_alive the LLM's own clients send: every OCR keep_alive stays below it, because
+    # Ollama evicts the idle model with the shortest configured keep_alive first.
+    priority_keep_alive: str = "5m"
     vram_pressure_pct: float = Field(85.0, gt=0, le=100)
     vram_critical_pct: float = Field(95.0, gt=0, le=100)
     vram_source: str = "nvml"
@@ -143,6 +148,10 @@ class Settings(BaseSettings):
 
     max_concurrent_ocr: int = Field(2, gt=0)
     queue_size: int = Field(32, ge=0)
+    ocr_job_timeout_s: float = Field(3600.0, gt=0)
+    ocr_yield_max_s: float = Field(60.0, ge=0)
+    shutdown_grace_s: float = Field(30.0, ge=0)
+    docs: bool = True
 
     host: str = "127.0.0.1"
     port: int = Field(8001, ge=0, le=65535)
@@ -176,6 +185,20 @@ class Settings(BaseSettings):
     @classmethod
     def _upper_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("priority_keep_alive")
+    @classmethod
+    def _priority_keep_alive(cls, value: str) -> str:
+        try:
+            parse_ollama_duration(value)
+        except InvalidDuration as exc:
+            raise ValueError(f"must be an Ollama duration such as 5m ({exc})") from None
+        return value
+
+    @property
+    def priority_keep_alive_s(self) -> float:
+        """PRIORITY_KEEP_ALIVE in seconds (inf for a negative, "forever" value)."""
+        return parse_ollama_duration(self.priority_keep_alive)
 
     @field_validator("vram_source")
     @classmethod
