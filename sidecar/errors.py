@@ -16,35 +16,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sidecar.error_codes import CODES
+
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 # An absolute filesystem path inside some other component's message (Ollama, a model loader).
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s'\"]+")
 TYPE_BASE = "https://ocr-sidecar.local/problems/"
-
-# code -> (status, title). The single list of documented error codes.
-CODES: dict[str, tuple[int, str]] = {
-    "unauthorized": (401, "Unauthorized"),
-    "forbidden_network": (403, "Client network not allowed"),
-    "path_forbidden": (403, "Path outside the upload base"),
-    "document_not_found": (404, "Document not found"),
-    "not_found": (404, "Not found"),
-    "method_not_allowed": (405, "Method not allowed"),
-    "payload_too_large": (413, "Payload too large"),
-    "too_many_pages": (413, "Too many pages"),
-    "too_many_inputs": (413, "Too many inputs"),
-    "input_too_long": (413, "Input too long"),
-    "unsupported_media_type": (415, "Unsupported media type"),
-    "validation_error": (422, "Invalid request"),
-    "keep_alive_not_allowed": (422, "keep_alive is not allowed here"),
-    "invalid_document": (422, "Document cannot be read"),
-    "model_not_available": (424, "Model not available in Ollama"),
-    "overloaded": (429, "Too many requests in flight"),
-    "internal_error": (500, "Internal server error"),
-    "ollama_bad_response": (502, "Bad response from Ollama"),
-    "ollama_unavailable": (503, "Ollama unavailable"),
-    "not_ready": (503, "Not ready"),
-    "ollama_timeout": (504, "Ollama timed out"),
-}
 
 
 def redact_paths(text: str) -> str:
@@ -71,6 +48,15 @@ class ApiError(Exception):
         self.status = status if status is not None else CODES[code][0]
         self.title = CODES[code][1]
         self.headers = dict(headers or {})
+
+
+class Overloaded(ApiError):
+    """A bounded queue is full: 429 `overloaded` with `Retry-After`. Every queue raises this one
+    type, so "overloaded" means the same thing everywhere and is mapped to HTTP once."""
+
+    def __init__(self, detail: str, retry_after_s: float) -> None:
+        self.retry_after_s = max(1, round(retry_after_s))
+        super().__init__("overloaded", detail, headers={"Retry-After": str(self.retry_after_s)})
 
 
 def request_id_of(request: Request) -> str:
