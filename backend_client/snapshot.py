@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from backend_client.errors import InvalidJobRequest, InvalidProfile, InvalidPrompt
-from sidecar.ocr.messages import InvalidOption, build_options
+from sidecar.option_rules import OptionError, build_options
 from sidecar.schemas import DocumentSource, OcrJob, OcrProfile, OcrPrompt, OcrRequest
 
 OCR_PROFILE_NAME = "ocr-extract"
@@ -109,7 +109,7 @@ def validate_profile(name: str, values: Mapping[str, Any]) -> OcrProfile:
         raise InvalidProfile(name, _field_of(error), _reason_of(error)) from None
     try:  # the Ollama options exactly as the sidecar will check them
         build_options(OcrJob(profile=profile, prompt=OcrPrompt()))
-    except InvalidOption as exc:
+    except OptionError as exc:
         raise InvalidProfile(name, exc.field.removeprefix("profile."), exc.reason) from None
     return profile
 
