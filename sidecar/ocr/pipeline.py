@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from sidecar.admission import AdmissionControl
+from sidecar.ocr.admission import AdmissionControl
 from sidecar.config import Settings
 from sidecar.errors import ApiError
 from sidecar.loaded_models import LoadedModel, model_key
@@ -166,15 +166,7 @@ class OcrPipeline:
 
     def check_capacity(self) -> None:
         """Refuse (429) before an upload is read when the queue is already full."""
-        if self.admission.waiting >= self.admission.queue_size and (
-            self.admission.active >= self.admission.limit()
-        ):
-            self.metrics.ocr_rejected.inc()
-            raise ApiError(
-                "overloaded",
-                "The OCR queue is full; retry later.",
-                headers={"Retry-After": str(self.admission.retry_after_seconds())},
-            )
+        self.admission.refuse_if_overloaded()
 
     # --- the job -------------------------------------------------------------------------------
 

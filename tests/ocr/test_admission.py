@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from sidecar.admission import AdmissionControl
-from sidecar.errors import ApiError
+from sidecar.ocr.admission import AdmissionControl
+from sidecar.errors import Overloaded
 from sidecar.observability import Metrics
 
 
@@ -34,7 +34,8 @@ async def test_slots_then_fifo_queue_then_429():
     assert started == [0, 1]
     assert control.stats() == {"active": 2, "waiting": 2, "max_concurrent": 2, "limit": 2,
                                "queue_size": 2}  # fmt: skip
-    with pytest.raises(ApiError) as refused:
+    assert control.is_overloaded()
+    with pytest.raises(Overloaded) as refused:
         async with control.slot():
             pass
     assert refused.value.code == "overloaded" and refused.value.status == 429
@@ -42,6 +43,7 @@ async def test_slots_then_fifo_queue_then_429():
     leave.set()
     waits = await asyncio.gather(*tasks)
     assert started == [0, 1, 2, 3]  # arrival order
+    assert not control.is_overloaded()
     assert waits[0] == 0.0 and waits[3] > 0
     assert control.stats()["active"] == 0 and control.stats()["waiting"] == 0
 
@@ -83,7 +85,7 @@ async def test_zero_queue_refuses_as_soon_as_slots_are_full():
     leave = asyncio.Event()
     task = asyncio.create_task(hold_slot(control, [], 0, leave))
     await settle()
-    with pytest.raises(ApiError):
+    with pytest.raises(Overloaded):
         async with control.slot():
             pass
     assert metrics.registry.get_sample_value("sidecar_ocr_rejected_total") == 1

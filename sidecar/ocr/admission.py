@@ -1,8 +1,9 @@
 """Admission control for OCR jobs: a few in Ollama at once, a bounded FIFO queue, 429 beyond it.
 
 At most `MAX_CONCURRENT_OCR` jobs hold a slot; up to `QUEUE_SIZE` more wait in arrival order; the
-next one is refused at once with 429 `overloaded` and a `Retry-After` estimated from recent job
-durations. While `exclusive_when()` is true (critical VRAM pressure) only one job runs at a time:
+next one is refused at once with `Overloaded` (429 `overloaded`, `Retry-After` estimated from
+recent job durations). `is_overloaded()` is the one test of "full" that both the early check (before
+an upload is read) and the slot itself use. While `exclusive_when()` is true (critical VRAM pressure) only one job runs at a time:
 jobs already running finish, and no new one starts until the slot count is back under the limit.
 """
 
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 
-from sidecar.errors import ApiError
+from sidecar.errors import Overloaded
 from sidecar.observability import Metrics
 
 # Retry-After bounds (seconds) and the weight of the newest job in the duration average.
@@ -63,6 +64,23 @@ class AdmissionControl:
             return 1
         return self.max_concurrent
 
+    def _can_start_now(self) -> bool:
+        return not self._waiters and self._active < self.limit()
+
+    def is_overloaded(self) -> bool:
+        """A new job could neither start nor queue (the queue holds `queue_size` waiters)."""
+        return not self._can_start_now() and self.waiting >= self.queue_size
+
+    def refuse_if_overloaded(self) -> None:
+        """Raise `Overloaded` (429) when a new job could not even queue."""
+        if self.is_overloaded():
+            self.metrics.ocr_rejected.inc()
+            raise Overloaded(
+                f"{self._active} OCR jobs are running and {self.waiting} are queued "
+                f"(limit {self.queue_size}); retry later.",
+                self.retry_after_seconds(),
+            )
+
     def retry_after_seconds(self) -> int:
         estimate = math.ceil(self._job_seconds / self.max_concurrent)
         return max(MIN_RETRY_AFTER_S, min(MAX_RETRY_AFTER_S, estimate))
@@ -89,18 +107,11 @@ class AdmissionControl:
 
     async def _acquire(self) -> float:
         started = time.perf_counter()
-        if not self._waiters and self._active < self.limit():
+        if self._can_start_now():
             self._take()
             self.metrics.ocr_queue_seconds.observe(0.0)
             return 0.0
-        if self.waiting >= self.queue_size:
-            self.metrics.ocr_rejected.inc()
-            raise ApiError(
-                "overloaded",
-                f"{self._active} OCR jobs are running and {self.waiting} are queued "
-                f"(limit {self.queue_size}); retry later.",
-                headers={"Retry-After": str(self.retry_after_seconds())},
-            )
+        self.refuse_if_overloaded()
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(waiter)
         self._publish()
