@@ -1,15 +1,17 @@
-"""Async client for the few Ollama endpoints the sidecar uses: /api/chat, /api/ps, /api/version.
+"""Async client for the few Ollama endpoints the sidecar uses: /api/chat, /api/generate (the load
+call), /api/ps, /api/tags, /api/version.
 
-It runs over the lifespan's shared `httpx.AsyncClient` and turns every Ollama failure into the
-documented `ApiError` (DESIGN.md §4):
+It runs over the lifespan's shared `httpx.AsyncClient` and turns every Ollama failure into one
+`OllamaError` subclass, each a documented `ApiError` (DESIGN.md §4), so callers test the type,
+never the code string:
 
-- connection refused, DNS failure, connect timeout → 503 `ollama_unavailable` + Retry-After
-- Ollama answered 503 (its scheduler queue is full) → 503 `ollama_unavailable` + Retry-After
-- read, write or pool timeout → 504 `ollama_timeout`
-- 404 "model … not found", 400 "invalid model name" / "does not support …" → 424
-  `model_not_available`
-- any other 4xx/5xx, a non-JSON body, a wrong shape, a connection cut mid-answer → 502
-  `ollama_bad_response`
+- `OllamaUnavailable` (503 `ollama_unavailable` + Retry-After): connection refused, DNS failure,
+  connect timeout, or Ollama answered 503 (its scheduler queue is full); the retryable kind
+- `OllamaTimeout` (504 `ollama_timeout`): read, write or pool timeout
+- `ModelNotAvailable` (424 `model_not_available`): 404 "model … not found", 400 "invalid model
+  name" / "does not support …"
+- `OllamaBadResponse` (502 `ollama_bad_response`): any other 4xx/5xx, a non-JSON body, a wrong
+  shape, a connection cut mid-answer
 
 Responses are always read to the end or closed (`async with client.stream(...)` is not needed:
 `client.request` reads the body and releases the connection on success and on every error), so no
@@ -24,7 +26,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from sidecar.errors import ApiError, redact_paths
-from sidecar.loaded_models import LoadedModel
+from sidecar.loaded_models import LoadedModel, model_key
 
 # Ollama restarts (or frees its queue) within seconds; the backend's client honours this.
 RETRY_AFTER_S = 5
@@ -33,6 +35,36 @@ PROBE_TIMEOUT_S = 3.0
 # How much of Ollama's own error text we pass on (it never holds a secret, but may be long).
 _MAX_ERROR_TEXT = 300
 ReplyT = TypeVar("ReplyT", bound=BaseModel)
+
+
+class OllamaError(ApiError):
+    """Any failure talking to Ollama; the subclass says which documented code it is."""
+
+    code_name = "ollama_bad_response"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(self.code_name, detail, headers=headers)
+
+
+class OllamaUnavailable(OllamaError):
+    """Nobody answers, or Ollama's queue is full: worth retrying shortly."""
+
+    code_name = "ollama_unavailable"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+class OllamaTimeout(OllamaError):
+    code_name = "ollama_timeout"
+
+
+class ModelNotAvailable(OllamaError):
+    code_name = "model_not_available"
+
+
+class OllamaBadResponse(OllamaError):
+    code_name = "ollama_bad_response"
 
 
 class ChatMessage(BaseModel):
@@ -84,6 +116,17 @@ class _PsReply(BaseModel):
     models: list[_PsEntry]
 
 
+class _TagsEntry(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    size: int = 0
+
+
+class _TagsReply(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    models: list[_TagsEntry]
+
+
 class _VersionReply(BaseModel):
     model_config = ConfigDict(extra="ignore")
     version: str
@@ -110,48 +153,38 @@ def _model_missing(status: int, text: str) -> bool:
     return status == 400 and ("invalid model name" in lowered or "does not support" in lowered)
 
 
-def error_for_status(response: httpx.Response, model: str | None) -> ApiError:
-    """The ApiError for a non-2xx Ollama answer."""
+def error_for_status(response: httpx.Response, model: str | None) -> OllamaError:
+    """The OllamaError for a non-2xx Ollama answer."""
     status = response.status_code
     text = _ollama_error_text(response)
     if _model_missing(status, text) and model is not None:
-        return ApiError(
-            "model_not_available",
-            f"Ollama cannot run model {model!r} ({text}); pull it with `ollama pull {model}`.",
+        return ModelNotAvailable(
+            f"Ollama cannot run model {model!r} ({text}); pull it with `ollama pull {model}`."
         )
     if status == 503:
-        return ApiError(
-            "ollama_unavailable",
-            f"Ollama is busy ({text}); try again shortly.",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        )
-    return ApiError("ollama_bad_response", f"Ollama answered HTTP {status}: {text}")
+        return OllamaUnavailable(f"Ollama is busy ({text}); try again shortly.")
+    return OllamaBadResponse(f"Ollama answered HTTP {status}: {text}")
 
 
-def unavailable(reason: str) -> ApiError:
-    return ApiError(
-        "ollama_unavailable",
-        f"Ollama cannot be reached ({reason}); check that it is running.",
-        headers={"Retry-After": str(RETRY_AFTER_S)},
-    )
+def unavailable(reason: str) -> OllamaUnavailable:
+    return OllamaUnavailable(f"Ollama cannot be reached ({reason}); check that it is running.")
 
 
-def _transport_error(exc: httpx.TransportError) -> ApiError:
+def _transport_error(exc: httpx.TransportError) -> OllamaError:
     # ConnectTimeout is a TimeoutException too, but it means "nobody answers the door".
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return unavailable(type(exc).__name__)
     if isinstance(exc, httpx.TimeoutException):
-        return ApiError(
-            "ollama_timeout",
+        return OllamaTimeout(
             f"Ollama did not answer in time ({type(exc).__name__}); "
-            "raise OCR_SIDECAR_OLLAMA_TIMEOUT_S for very long pages.",
+            "raise OCR_SIDECAR_OLLAMA_TIMEOUT_S for very long pages."
         )
     # RemoteProtocolError, ReadError, …: the connection broke while Ollama was answering.
-    return ApiError("ollama_bad_response", f"Ollama broke off its answer ({type(exc).__name__}).")
+    return OllamaBadResponse(f"Ollama broke off its answer ({type(exc).__name__}).")
 
 
 class OllamaClient:
-    """The sidecar's view of Ollama; every method raises `ApiError` with a documented code."""
+    """The sidecar's view of Ollama; every method raises an `OllamaError` subclass."""
 
     def __init__(
         self,
@@ -178,7 +211,7 @@ class OllamaClient:
         model: str | None = None,
         timeouts: httpx.Timeout | None = None,
     ) -> ReplyT:
-        """One call, its answer validated as `reply`; every failure is a documented ApiError."""
+        """One call, its answer validated as `reply`; every failure is an `OllamaError`."""
         try:
             response = await self.http.request(
                 method, self.base_url + path, json=body, timeout=timeouts or self.timeout
@@ -190,15 +223,11 @@ class OllamaClient:
         try:
             data = response.json()
         except (ValueError, UnicodeDecodeError):
-            raise ApiError(
-                "ollama_bad_response", f"Ollama's answer to {path} is not JSON."
-            ) from None
+            raise OllamaBadResponse(f"Ollama's answer to {path} is not JSON.") from None
         try:
             return reply.model_validate(data)
         except ValidationError:
-            raise ApiError(
-                "ollama_bad_response", f"Ollama's answer to {path} has an unknown shape."
-            ) from None
+            raise OllamaBadResponse(f"Ollama's answer to {path} has an unknown shape.") from None
 
     async def version(self) -> str:
         reply = await self._request(
@@ -211,6 +240,11 @@ class OllamaClient:
         timeouts = self.probe_timeout if probe else self.timeout
         reply = await self._request("GET", "/api/ps", _PsReply, timeouts=timeouts)
         return [LoadedModel(m.name, m.size, m.size_vram, m.expires_at) for m in reply.models]
+
+    async def installed_sizes(self) -> dict[str, int]:
+        """/api/tags: model key (`model_key`) → size on disk in bytes, for every installed model."""
+        reply = await self._request("GET", "/api/tags", _TagsReply)
+        return {model_key(m.name): m.size for m in reply.models}
 
     async def load(
         self,

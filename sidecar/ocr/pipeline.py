@@ -22,11 +22,11 @@ from typing import Any
 
 import httpx
 
-from sidecar.ocr.admission import AdmissionControl
 from sidecar.config import Settings
 from sidecar.errors import ApiError
 from sidecar.loaded_models import LoadedModel, model_key
 from sidecar.observability import Metrics
+from sidecar.ocr.admission import AdmissionControl
 from sidecar.ocr.documents import Document, PageImage, open_document
 from sidecar.ocr.messages import (
     build_options,
@@ -35,7 +35,7 @@ from sidecar.ocr.messages import (
     system_messages,
     user_message,
 )
-from sidecar.ollama import ChatReply, OllamaClient
+from sidecar.ollama import ChatReply, OllamaBadResponse, OllamaClient, OllamaError
 from sidecar.residency_policy import ResidencyDecision, calculate_ocr_residency
 from sidecar.schemas import (
     OcrJob,
@@ -49,9 +49,6 @@ from sidecar.schemas import (
 from sidecar.vram_monitor import VramMonitor, VramSnapshot
 
 logger = logging.getLogger("sidecar.ocr")
-OLLAMA_CODES = frozenset(
-    {"ollama_unavailable", "ollama_timeout", "model_not_available", "ollama_bad_response"}
-)
 
 
 def _ms(seconds: float) -> int:
@@ -146,9 +143,9 @@ class OcrPipeline:
         """Reasons /ready must answer 503; empty when Ollama answers /api/version."""
         try:
             await self.ollama.version()
-        except ApiError as exc:
-            if exc.code == "ollama_bad_response":
-                return ["ollama answers /api/version unexpectedly"]
+        except OllamaBadResponse:
+            return ["ollama answers /api/version unexpectedly"]
+        except OllamaError:
             return ["ollama unreachable"]
         return []
 
@@ -198,13 +195,12 @@ class OcrPipeline:
                     results, render_seconds = await self._read_pages(
                         job, document, pages, first_page, system_prompt, options, keep_alive
                     )
-                except ApiError as exc:
-                    if exc.code in OLLAMA_CODES:
-                        self.metrics.ollama_errors.labels(exc.code).inc()
-                        logger.warning(
-                            "ollama call failed",
-                            extra={"request_id": request_id, "code": exc.code},
-                        )
+                except OllamaError as exc:
+                    self.metrics.ollama_errors.labels(exc.code).inc()
+                    logger.warning(
+                        "ollama call failed",
+                        extra={"request_id": request_id, "code": exc.code},
+                    )
                     raise
         finally:
             if first_page is not None:  # finished before the document closes under it
