@@ -2,9 +2,10 @@
 
 At most `MAX_CONCURRENT_OCR` jobs hold a slot; up to `QUEUE_SIZE` more wait in arrival order; the
 next one is refused at once with `Overloaded` (429 `overloaded`, `Retry-After` estimated from
-recent job durations). `is_overloaded()` is the one test of "full" that both the early check (before
-an upload is read) and the slot itself use. While `exclusive_when()` is true (critical VRAM pressure) only one job runs at a time:
-jobs already running finish, and no new one starts until the slot count is back under the limit.
+recent job durations). `is_overloaded()` is the one test of "full" that both the early check
+(before an upload is read) and the slot itself use. While `exclusive_when()` is true (critical
+VRAM pressure) only one job runs at a time: jobs already running finish, and no new one starts
+until the slot count is back under the limit.
 """
 
 from __future__ import annotations
