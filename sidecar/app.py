@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 from fastapi import FastAPI
 
+from sidecar.auth import AuthMiddleware, KeyStore
 from sidecar.config import Settings, ensure_upload_base
 from sidecar.context import AppContext
 from sidecar.errors import install_error_handlers
@@ -21,7 +22,6 @@ from sidecar.observability import Metrics, RequestContextMiddleware
 from sidecar.ocr.pipeline import OcrPipeline
 from sidecar.retrieval.service import RetrievalService
 from sidecar.routes import health, ocr, retrieval
-from sidecar.security import AuthMiddleware, KeyStore
 from sidecar.vram_monitor import monitor_from_source
 
 INJECTABLE = frozenset({"metrics", "vram_monitor", "key_store", "http_client", "ocr", "retrieval"})
@@ -79,9 +79,9 @@ def create_app(settings: Settings, **injected: Any) -> FastAPI:
     # The last added runs first: request context (id, metrics, log), then auth, then the body
     # ceiling, so an unauthenticated request is answered before a byte of its body is read.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit_for(settings.max_file_bytes))
-    app.add_middleware(AuthMiddleware, ctx=ctx)
+    app.add_middleware(AuthMiddleware, settings=settings, keys=ctx.keys, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
-    app.include_router(health.public_router)  # security.PUBLIC_PATHS: /live, /ready
+    app.include_router(health.public_router)  # auth.PUBLIC_PATHS: /live, /ready
     app.include_router(health.protected_router)
     app.include_router(ocr.router)
     app.include_router(retrieval.router)

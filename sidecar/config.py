@@ -263,7 +263,7 @@ class Settings(BaseSettings):
         return self.max_file_mb * 1024 * 1024
 
     def configured_keys(self) -> list[str]:
-        """Keys from OCR_SIDECAR_API_KEY (the file is read by security.KeyStore)."""
+        """Keys from OCR_SIDECAR_API_KEY (the file is read by auth.KeyStore)."""
         if self.api_key is None:
             return []
         return _split_csv(self.api_key.get_secret_value())  # type: ignore[return-value]

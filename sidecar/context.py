@@ -15,7 +15,7 @@ from sidecar.vram_monitor import VramMonitor
 if TYPE_CHECKING:
     from sidecar.ocr.pipeline import OcrPipeline
     from sidecar.retrieval.service import RetrievalService
-    from sidecar.security import KeyStore
+    from sidecar.auth import KeyStore
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Read a `POST /ocr` request into `(OcrJob, document bytes)`, never buffering more than allowed.
 
 - `application/json` (path mode): the body (at most `MAX_JOB_BYTES`) is an `OcrRequest`; the
-  document is read through the path guard (`security.read_upload`) in a worker thread.
+  document is read through the path guard (`ocr.uploads.read_upload`) in a worker thread.
 - `multipart/form-data` (upload mode): parts `file` (the document, at most `MAX_FILE_MB`) and
   `job` (an `OcrJob` as JSON, at most `MAX_JOB_BYTES`), parsed as the body streams in: the request
   is refused with 413 as soon as a declared `Content-Length` or the bytes received so far pass the
@@ -26,7 +26,7 @@ from sidecar.config import Settings
 from sidecar.errors import ApiError
 from sidecar.ocr.messages import build_options
 from sidecar.schemas import OcrJob, OcrRequest
-from sidecar.security import read_upload
+from sidecar.ocr.uploads import read_upload
 
 MAX_JOB_BYTES = 1024 * 1024
 _MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import httpx
 
 from sidecar.app import create_app
+from sidecar.auth import PUBLIC_PATHS
 from sidecar.config import Settings
 from sidecar.routes import health, ocr, retrieval
-from sidecar.security import PUBLIC_PATHS
 from tests.conftest import new_api_key
 from tests.server import serve
 

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sidecar.errors import ApiError
-from sidecar.security import read_upload
+from sidecar.ocr.uploads import read_upload
 
 SECRET = b"OUTSIDE-SECRET"
 MAX = 1024 * 1024
