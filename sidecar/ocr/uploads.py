@@ -64,11 +64,17 @@ def resolve_upload_path(base: Path, user_path: str) -> str:
     return resolved
 
 
-def _open_beneath(base_real: str, resolved: str) -> int:
+NOT_REGULAR_DETAIL = "The path is not a regular file."
+HARD_LINKED_DETAIL = "The file has more than one name (a hard link); it is not read."
+
+
+def _open_beneath(base_real: str, resolved: str) -> tuple[int, os.stat_result]:
     """Open `resolved` walking down from the base with O_NOFOLLOW at every step.
 
     realpath() already proved containment; walking with dir_fd closes the window in which a
-    directory on the way could be swapped for a symlink before the open.
+    directory on the way could be swapped for a symlink before the open. The last entry is
+    lstat'ed first: a FIFO, socket or device node is refused without ever being opened (opening a
+    device can have effects of its own). Returns the descriptor and its fstat.
     """
     parts = Path(os.path.relpath(resolved, base_real)).parts
     flags_dir = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -78,11 +84,21 @@ def _open_beneath(base_real: str, resolved: str) -> int:
             next_fd = os.open(part, flags_dir, dir_fd=fd)
             os.close(fd)
             fd = next_fd
-        # O_NONBLOCK: opening a FIFO planted in the base must not hang the worker.
+        entry = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        if stat.S_ISLNK(entry.st_mode):  # a link swapped in after realpath()
+            raise ApiError("path_forbidden", PATH_FORBIDDEN_DETAIL)
+        if not stat.S_ISREG(entry.st_mode):
+            raise ApiError("document_not_found", NOT_REGULAR_DETAIL)
+        # O_NONBLOCK: should a FIFO be swapped in after the lstat, the open must not hang.
         file_flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-        return os.open(parts[-1], file_flags, dir_fd=fd)
+        file_fd = os.open(parts[-1], file_flags, dir_fd=fd)
     finally:
         os.close(fd)
+    opened = os.fstat(file_fd)
+    if (opened.st_dev, opened.st_ino) != (entry.st_dev, entry.st_ino):
+        os.close(file_fd)
+        raise ApiError("path_forbidden", PATH_FORBIDDEN_DETAIL)
+    return file_fd, opened
 
 
 def read_upload(base: Path, user_path: str, max_bytes: int) -> bytes:
@@ -90,7 +106,7 @@ def read_upload(base: Path, user_path: str, max_bytes: int) -> bytes:
     resolved = resolve_upload_path(base, user_path)
     base_real = os.path.realpath(os.path.abspath(base))
     try:
-        fd = _open_beneath(base_real, resolved)
+        fd, info = _open_beneath(base_real, resolved)
     except FileNotFoundError:
         raise ApiError("document_not_found", NOT_FOUND_DETAIL) from None
     except OSError as exc:
@@ -101,9 +117,10 @@ def read_upload(base: Path, user_path: str, max_bytes: int) -> bytes:
         # EACCES, EPERM, ENXIO (a socket), …: whatever sits there is not a readable document.
         raise ApiError("document_not_found", "The document cannot be read.") from None
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise ApiError("document_not_found", "The path is not a regular file.")
+        # A hard link inside the base can name any file its maker could link to (/etc/shadow
+        # on a shared filesystem); containment by path proves nothing about it.
+        if info.st_nlink > 1:
+            raise ApiError("path_forbidden", HARD_LINKED_DETAIL)
         if info.st_size > max_bytes:
             raise ApiError("payload_too_large", _too_large(max_bytes))
         data = _read_at_most(fd, max_bytes + 1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import os
 import subprocess
 import sys
@@ -11,7 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from sidecar.auth import KEY_FILE_RECHECK_S, KeyStore, recheck_due
 from tests.conftest import new_api_key
 from tests.reliability.eventually import eventually
 from tests.server import free_port
@@ -113,3 +118,51 @@ def test_rotation_by_rewrite_and_by_rename_without_restart(
     metrics = httpx.get(f"{url}/metrics", headers={"X-API-Key": third}).text
     assert 'sidecar_api_key_reloads_total{outcome="rejected"} 1.0' in metrics
     assert 'sidecar_api_key_reloads_total{outcome="ok"} 3.0' in metrics
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_key_file_is_rechecked_at_most_once_per_interval(tmp_path: Path) -> None:
+    old, new = new_api_key(), new_api_key()
+    path = tmp_path / "keys"
+    path.write_text(f"{old}\n")
+    clock = ManualClock()
+    store = KeyStore(key_file=path, clock=clock)
+    path.write_text(f"{new}\n")
+    # Inside the interval the file is not looked at: the keys read at start still decide.
+    assert await store.verify(old) and not await store.verify(new)
+    clock.now += KEY_FILE_RECHECK_S
+    assert not await store.verify(old) and await store.verify(new)
+
+
+async def test_concurrent_requests_share_one_recheck(tmp_path: Path) -> None:
+    old, new = new_api_key(), new_api_key()
+    path = tmp_path / "keys"
+    path.write_text(f"{old}\n")
+    clock = ManualClock()
+    store = KeyStore(key_file=path, clock=clock)
+    path.write_text(f"{new}\n")
+    clock.now += KEY_FILE_RECHECK_S
+    # All start before the one re-check finishes; every one of them must see its result.
+    results = await asyncio.gather(*(store.verify(old) for _ in range(16)))
+    assert results == [False] * 16 and await store.verify(new)
+
+
+@given(gaps=st.lists(st.floats(min_value=0, max_value=3, allow_nan=False), min_size=1, max_size=60))
+def test_recheck_policy_bounds_both_rate_and_staleness(gaps: list[float]) -> None:
+    """Over any request times: checks are at least an interval apart, and after each request the
+    last check is less than an interval old (a removed key is refused within the bound)."""
+    now, last, checks = 0.0, None, []
+    for gap in gaps:
+        now += gap
+        if recheck_due(now, last, KEY_FILE_RECHECK_S):
+            checks.append(now)
+            last = now
+        assert last is not None and now - last < KEY_FILE_RECHECK_S
+    assert all(b - a >= KEY_FILE_RECHECK_S for a, b in itertools.pairwise(checks))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,7 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     os.symlink("../..", base / "tenant" / "deep" / "up2")
     os.symlink("loop_b", base / "loop_a")
     os.symlink("loop_a", base / "loop_b")
+    os.link(root / "secret.txt", base / "hard_link_out")
     os.mkfifo(base / "fifo")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(base / "sock"))  # opening a socket file fails with ENXIO
@@ -72,6 +74,8 @@ def status_of(base: Path, user_path: str) -> int | bytes:
         ("missing.pdf", 404),
         ("tenant", 404),
         ("fifo", 404),
+        ("hard_link_out", 403),
+        ("doc\ud800.pdf", 403),  # a lone surrogate: no filesystem name; realpath() raises
         ("sock", 404),
         ("a" * 300, 403),
         ("tenant/" + "d" * 300 + "/x.pdf", 403),
@@ -82,6 +86,13 @@ def status_of(base: Path, user_path: str) -> int | bytes:
 )
 def test_corpus(corpus: Path, user_path: str, expected: int | bytes) -> None:
     assert status_of(corpus / "base", user_path) == expected
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="creating a device node needs root")
+def test_a_device_node_in_the_base_is_refused(corpus: Path) -> None:
+    # /dev/zero's numbers: were it opened and read, the read would never end (the size cap aside).
+    os.mknod(corpus / "base" / "zero", stat.S_IFCHR | 0o666, os.makedev(1, 5))
+    assert status_of(corpus / "base", "zero") == 404
 
 
 def test_absolute_paths_inside_the_base_are_accepted(corpus: Path) -> None:
