@@ -20,6 +20,7 @@ from sidecar.errors import install_error_handlers
 from sidecar.limits import BodyLimitMiddleware, body_limit_for
 from sidecar.observability import Metrics, RequestContextMiddleware
 from sidecar.ocr.pipeline import OcrPipeline
+from sidecar.openapi import install_openapi
 from sidecar.retrieval.service import RetrievalService
 from sidecar.routes import health, ocr, retrieval
 from sidecar.vram_monitor import monitor_from_source
@@ -69,7 +70,7 @@ def create_app(settings: Settings, **injected: Any) -> FastAPI:
         title="OCR sidecar",
         version=health.VERSION,
         lifespan=lifespan,
-        # No schema or docs routes at all; auth guards everything but /live and /ready.
+        # FastAPI's own schema routes stay off: sidecar.openapi serves the full one (DOCS).
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
@@ -85,4 +86,6 @@ def create_app(settings: Settings, **injected: Any) -> FastAPI:
     app.include_router(health.protected_router)
     app.include_router(ocr.router)
     app.include_router(retrieval.router)
+    if settings.docs:
+        install_openapi(app)  # /openapi.json and /docs, behind auth like every route but two
     return app
