@@ -5,6 +5,19 @@ GPU when CUDA is available and free VRAM covers the model plus headroom without 
 threshold. A model on the CPU goes back to the GPU only after the fit has held for a settling
 period, so a VRAM figure hovering around the threshold does not make it flap. `devices.py` applies
 the decisions; this module imports no torch so its property tests run without it.
+
+`reserve_mib`: VRAM a move up must leave free. The caller passes `LLM_RESERVE_MIB` when no
+priority model is loaded (or it cannot tell) and 0 when one is: Ollama does not see VRAM that
+torch takes after its runners loaded (ollama-api.md §8.4), so a torch model that moved up into the
+LLM's room would make the LLM load squeezed, or make Ollama over-commit the card.
+
+The reserve gates moves *up* only; a model already on the GPU stays (below the pressure mark).
+The reserve is asked for while no priority model is loaded, which is exactly when the LLM's own
+memory is free, so a shortfall then comes from the OCR model, whose residency is short and which
+Ollama evicts for the LLM anyway (its keep_alive sorts first). Moving down on that would make the
+torch models follow every OCR job down and (after the settling period) up again: a move costs
+seconds of copying and a batch's wait each time, and the LLM would gain nothing Ollama does not
+already give it. Real pressure on a resident model is handled by `VRAM_PRESSURE_PCT`.
 """
 
 from __future__ import annotations
@@ -37,6 +50,7 @@ class PlacementInputs:
     current: Device
     fit_held_s: float  # how long the GPU has continuously fitted (0 when it just started)
     settle_s: float
+    reserve_mib: int = 0  # free VRAM a move up must leave (LLM_RESERVE_MIB with no LLM loaded)
 
 
 def _pct(value: float) -> str:
@@ -64,6 +78,12 @@ def decide_placement(inputs: PlacementInputs) -> PlacementDecision:
     needed = inputs.model_mib + inputs.headroom_mib
     if vram.free_mib < needed:
         return PlacementDecision("cpu", f"free vram {vram.free_mib} MiB < {needed} MiB needed")
+    if vram.free_mib - needed < inputs.reserve_mib:
+        reason = (
+            f"llm reserve: {vram.free_mib - needed} MiB would be free < {inputs.reserve_mib} MiB "
+            "kept for the LLM"
+        )
+        return PlacementDecision("cpu", reason)
     after_pct = 100.0 * (vram.used_mib + needed) / vram.total_mib if vram.total_mib else 100.0
     if after_pct >= inputs.pressure_pct:
         # Moving up would itself cross the threshold and bounce straight back.

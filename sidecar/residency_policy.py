@@ -21,11 +21,19 @@ Every rule yields a cap; the decision is the smallest cap, and its rule is the r
 |                     | LLM must be able to load without waiting for the OCR model to expire   |
 | `pressure`          | between `VRAM_PRESSURE_PCT` and `VRAM_CRITICAL_PCT` the ceiling shrinks |
 |                     | linearly, from the full ceiling at the pressure mark to 0 at critical   |
+| `footprint_unknown` | 0 when the OCR model is not loaded, its size is unknown and a priority |
+|                     | model is loaded: an unknown footprint never counts as fitting beside it |
+| `priority_order`    | below `PRIORITY_KEEP_ALIVE` (the LLM clients' keep_alive) by at least  |
+|                     | one second: Ollama evicts the idle model with the shortest configured   |
+|                     | keep_alive first (ollama-api.md §8.3), so under pressure it is the OCR  |
+|                     | model that goes, never the LLM                                          |
 
-So: never above the ceiling; 0 at or above critical; 0 when a priority model is squeezed; 0 when
-VRAM is unknown; and, since every cap only grows with free VRAM, more free VRAM never gives a
-shorter keep_alive. The decision is taken afresh for every job, and every Ollama call of the job
-carries it, so the model's residency always follows the latest picture of the GPU.
+So: never above the ceiling; always below the priority keep_alive; 0 at or above critical; 0 when a
+priority model is squeezed; 0 when VRAM is unknown; and, since every cap only grows with free VRAM,
+more free VRAM never gives a shorter keep_alive.
+
+This is the *after-job* value: the last page of a job carries it. Between the pages of a job the
+model is held by `sidecar.job_residency.JobResidency`, which asks this function for the last page.
 """
 
 from __future__ import annotations
@@ -43,7 +51,16 @@ from sidecar.vram_monitor import VramSnapshot
 
 # A "forever" ceiling (negative keep_alive) is held to this.
 FOREVER_CAP_S = 3600
-RULES = ("ceiling", "unknown", "critical", "priority_squeezed", "llm_reserve", "pressure")
+RULES = (
+    "ceiling",
+    "unknown",
+    "critical",
+    "priority_squeezed",
+    "llm_reserve",
+    "pressure",
+    "footprint_unknown",
+    "priority_order",
+)
 
 
 class ResidencySettings(Protocol):
@@ -57,6 +74,10 @@ class ResidencySettings(Protocol):
     def vram_pressure_pct(self) -> float: ...
     @property
     def vram_critical_pct(self) -> float: ...
+    @property
+    def priority_keep_alive_s(self) -> float: ...
+    @property
+    def ocr_yield_max_s(self) -> float: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +99,15 @@ def ceiling_seconds(profile: OcrProfile) -> int:
     return int(ceiling)
 
 
+def priority_cap_seconds(settings: ResidencySettings) -> int | None:
+    """The longest keep_alive the OCR model may get: a whole second below `PRIORITY_KEEP_ALIVE`
+    (None when the LLM's keep_alive is "forever": any finite value sorts before it)."""
+    priority = settings.priority_keep_alive_s
+    if math.isinf(priority):
+        return None
+    return max(math.ceil(priority) - 1, 0)
+
+
 def is_priority_model(name: str, patterns: Sequence[str]) -> bool:
     """Glob match on the /api/ps name, with and without its `:latest` tag."""
     key = model_key(name)
@@ -85,10 +115,27 @@ def is_priority_model(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatchcase(c, p.lower()) for c in candidates for p in patterns)
 
 
+def is_listed(model: str, loaded: Sequence[LoadedModel]) -> bool:
+    """Whether /api/ps lists `model` (names compared in Ollama's normal form)."""
+    key = model_key(model)
+    return any(model_key(m.name) == key for m in loaded)
+
+
+def priority_loaded(
+    model: str, loaded: Sequence[LoadedModel], settings: ResidencySettings
+) -> list[LoadedModel]:
+    """The loaded priority models, never the OCR model itself even when a glob matches it."""
+    own = model_key(model)
+    return [
+        m
+        for m in loaded
+        if model_key(m.name) != own and is_priority_model(m.name, settings.priority_models)
+    ]
+
+
 def _ocr_footprint(model: str, loaded: Sequence[LoadedModel], known_mib: int | None) -> int:
     """MiB to add to "used" for the OCR model staying: 0 when /api/ps shows it loaded."""
-    key = model_key(model)
-    if any(model_key(m.name) == key for m in loaded):
+    if is_listed(model, loaded):
         return 0
     return max(known_mib or 0, 0)
 
@@ -114,6 +161,16 @@ def calculate_ocr_residency(
     caps: list[ResidencyDecision] = [
         ResidencyDecision(ceiling, f"profile ceiling {format_seconds(ceiling)}", "ceiling")
     ]
+    below_priority = priority_cap_seconds(settings)
+    if below_priority is not None and below_priority < ceiling:
+        caps.append(
+            ResidencyDecision(
+                below_priority,
+                f"priority order: {format_seconds(below_priority)}, below the LLM's keep_alive "
+                f"{format_seconds(below_priority + 1)} so Ollama evicts the OCR model first",
+                "priority_order",
+            )
+        )
     if vram is None:
         caps.append(ResidencyDecision(0, "vram unknown: the OCR model does not stay", "unknown"))
         return _smallest(caps)
@@ -132,12 +189,20 @@ def calculate_ocr_residency(
             )
         )
 
-    own = model_key(active_profile.model)
-    priority = [
-        m
-        for m in loaded_models
-        if model_key(m.name) != own and is_priority_model(m.name, settings.priority_models)
-    ]
+    priority = priority_loaded(active_profile.model, loaded_models, settings)
+    if (
+        priority
+        and ocr_footprint_mib is None
+        and not is_listed(active_profile.model, loaded_models)
+    ):
+        caps.append(
+            ResidencyDecision(
+                0,
+                f"footprint unknown: the size of {active_profile.model} is not known, so it "
+                f"does not count as fitting beside {priority[0].name}",
+                "footprint_unknown",
+            )
+        )
     for model in priority:
         if model.size_vram < model.size:
             caps.append(
@@ -171,12 +236,17 @@ def calculate_ocr_residency(
         )
 
     decision = _smallest(caps)
-    if len(caps) == 1:  # no rule limits it: say why there is room
+    if all(cap.rule in ("ceiling", "priority_order") for cap in caps):
+        # no VRAM rule limits it: say why there is room
         return ResidencyDecision(
-            ceiling,
-            f"room: {_pct(used_pct)} used, {free} MiB free; profile ceiling "
-            f"{format_seconds(ceiling)}",
-            "ceiling",
+            decision.keep_alive_seconds,
+            f"room: {_pct(used_pct)} used, {free} MiB free; "
+            + (
+                f"profile ceiling {format_seconds(ceiling)}"
+                if decision.rule == "ceiling"
+                else decision.reason
+            ),
+            decision.rule,
         )
     return decision
 

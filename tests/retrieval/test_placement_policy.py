@@ -30,6 +30,7 @@ def placement_inputs(draw: st.DrawFn) -> PlacementInputs:
         current=draw(st.sampled_from(["cpu", "cuda"])),
         fit_held_s=draw(st.floats(0, 1000)),
         settle_s=draw(st.floats(0, 300)),
+        reserve_mib=draw(st.sampled_from([0, 0, 9000]) | st.integers(0, 20_000)),
     )
 
 
@@ -90,6 +91,7 @@ def test_gpu_only_when_the_model_and_headroom_fit_and_settled(inputs: PlacementI
     if inputs.current == "cpu":
         needed = inputs.model_mib + inputs.headroom_mib
         assert vram.free_mib >= needed
+        assert vram.free_mib - needed >= inputs.reserve_mib  # the LLM's room stays free
         assert 100.0 * (vram.used_mib + needed) / vram.total_mib < inputs.pressure_pct
         assert inputs.fit_held_s >= inputs.settle_s
 
@@ -150,3 +152,36 @@ def test_reason_reads_like_the_contract() -> None:
     vram = VramSnapshot(16000, 14560, 1440, "nvml", 0.0)
     inputs = PlacementInputs("auto", True, vram, 1100, 1024, 85.0, "cuda", 0.0, 30.0)
     assert decide_placement(inputs).reason == "vram pressure 91% ≥ 85%"
+
+
+@given(auto_inputs)
+def test_the_reserve_only_gates_moves_up(inputs: PlacementInputs) -> None:
+    """A model on the GPU stays whatever the reserve; one on the CPU moves up only when the move
+    leaves `reserve_mib` free; with no reserve the policy is what it was."""
+    decision = decide_placement(inputs)
+    unreserved = decide_placement(dataclasses.replace(inputs, reserve_mib=0))
+    if inputs.current == "cuda":
+        assert decision == unreserved
+    elif decision.device == "cuda":
+        assert unreserved.device == "cuda"
+    if unreserved.device == "cuda" and inputs.current == "cpu" and decision.device == "cpu":
+        assert decision.reason.startswith("llm reserve: ")
+        assert not decision.gpu_fits  # the settling clock does not run against the reserve
+
+
+@given(gpu_fits_inputs(), st.integers(0, 20_000))
+def test_a_larger_reserve_never_moves_a_model_up_that_a_smaller_one_keeps_down(
+    inputs: PlacementInputs, reserve: int
+) -> None:
+    small = decide_placement(dataclasses.replace(inputs, reserve_mib=reserve))
+    large = decide_placement(dataclasses.replace(inputs, reserve_mib=reserve + 1000))
+    assert not (large.device == "cuda" and small.device == "cpu")
+
+
+def test_reserve_reason_names_the_shortfall() -> None:
+    vram = VramSnapshot(16311, 3000, 13311, "nvml", 0.0)
+    inputs = PlacementInputs("auto", True, vram, 1100, 1024, 85.0, "cpu", 60.0, 30.0, 12000)
+    decision = decide_placement(inputs)
+    assert decision.device == "cpu"
+    assert decision.reason == "llm reserve: 11187 MiB would be free < 12000 MiB kept for the LLM"
+    assert decide_placement(dataclasses.replace(inputs, reserve_mib=9000)).device == "cuda"

@@ -1,0 +1,296 @@
+"""Residency over a whole OCR job: what to do before each page (DESIGN.md §4, §5).
+
+`calculate_ocr_residency` answers "how long may the OCR model stay *after* the job". This module
+answers the question the pipeline asks before *every* page: run the page now or yield to the LLM,
+which `keep_alive` to send on the page's call, and whether a load call must go first. It is pure:
+no I/O, no clock, no HTTP client; the caller brings what it saw (`GpuView`) and how long it has
+already waited before this page, and tells it when a page's call finished.
+
+Rules (the `rule` names are stable and machine-readable; `RULES` lists them):
+
+| rule              | when                                                       | step  |
+|-------------------|------------------------------------------------------------|-------|
+| `job_hold`        | any page but the last                                      | run   |
+| after-job rules   | the last page: `calculate_ocr_residency`'s rule and value  | run   |
+| `yield_squeezed`  | the model must load; a loaded priority model is not wholly | wait  |
+|                   | in VRAM (`size_vram < size`)                               |       |
+| `yield_no_room`   | the model must load; a priority model is loaded and the    | wait  |
+|                   | OCR footprint does not fit beside it (an unknown footprint |       |
+|                   | or unknown VRAM never fits)                                |       |
+| `yield_reserve`   | the model must load; no priority model is loaded and the   | wait  |
+|                   | load would leave less than `LLM_RESERVE_MIB` free          |       |
+| `yield_critical`  | the model must load; VRAM with it would reach              | wait  |
+|                   | `VRAM_CRITICAL_PCT`                                        |       |
+
+Holding the model for the job. Every page call but the last carries `hold_seconds`: at least
+`JOB_HOLD_S` (the gap to the next page is a render and an HTTP round trip, a retry's backoff at
+worst), never 0, and a whole second below `PRIORITY_KEEP_ALIVE`. The last page carries the
+after-job value (`calculate_ocr_residency`, which also stays below the priority keep_alive). Since
+every value the sidecar sends sorts before the LLM's keep_alive in Ollama's eviction order
+(ollama-api.md §8.3), an LLM that needs the memory between two pages gets it from Ollama: the idle
+OCR model is evicted, whatever time it has left.
+
+Loads. A step loads (`load=True`, the caller sends the load call first) only when `/api/ps` does
+not list the model. Since the hold covers the gap between pages, the model is then listed for the
+rest of the job unless Ollama evicted it, so a job loads at most once unless Ollama evicted the
+model. A load call never carries 0 (that is Ollama's unload form and loads nothing): on a last
+page whose after-job value is 0 and whose model is not loaded, the step sends no separate load
+call (`load=False`, `loading=True`); the page call itself loads the model and carries the 0, so
+Ollama unloads it as soon as the page is done. `loads` counts that load too.
+
+Yielding, and why only before a load. The job yields when the priority LLM needs the memory now:
+it is loaded but squeezed, it is not loaded (or is loading, which /api/ps does not show) and the
+OCR model would not leave it `LLM_RESERVE_MIB`, the OCR model does not fit beside it, or VRAM would
+be critical. These are checked when the OCR model is *not* listed, i.e. when running the page
+would (re)load it: that load is what would evict the LLM (Ollama evicts the idle LLM when the
+newcomer does not fit) or over-commit the card. When the OCR model is listed its memory is
+already taken; pausing would keep that memory idle and only delay the job, and an LLM that needs
+to load gets it anyway, because Ollama evicts the idle OCR model first. So a job that is running
+never pauses; a job whose model was evicted by the LLM waits before taking it back.
+
+The wait is bounded: while `waited_s` (what the caller already yielded before this page) is below
+`OCR_YIELD_MAX_S` the step says `wait` and `retry_in_s` (`YIELD_POLL_S`, or what is left); once
+the bound is reached the page runs anyway, loading the model (the job must finish; the LLM's
+clients resend and Ollama loads it again, evicting the OCR model first). The reason then says
+that the wait ran out. A wait never carries a load: the caller asks again after `retry_in_s`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from sidecar.durations import format_seconds
+from sidecar.loaded_models import LoadedModel
+from sidecar.residency_policy import (
+    ResidencySettings,
+    calculate_ocr_residency,
+    is_listed,
+    priority_cap_seconds,
+    priority_loaded,
+)
+from sidecar.schemas import OcrProfile
+from sidecar.vram_monitor import VramSnapshot
+
+# The in-job hold: covers the gap between two pages (render, round trip, a retry's backoff).
+JOB_HOLD_S = 60
+# How often a yielding job looks again at VRAM and /api/ps.
+YIELD_POLL_S = 1.0
+# Ollama loads a model beside others only when its estimate is at most this share of free VRAM
+# (ollama-api.md §8.2 step 3); above it, it evicts an idle runner: the LLM.
+OLLAMA_FIT_SHARE = 0.8
+
+YIELD_RULES = ("yield_squeezed", "yield_no_room", "yield_reserve", "yield_critical")
+RULES = ("job_hold", *YIELD_RULES)  # plus calculate_ocr_residency's rules on the last page
+
+
+@dataclass(frozen=True, slots=True)
+class GpuView:
+    """What the caller saw just before a page."""
+
+    vram: VramSnapshot | None  # None = unknown
+    loaded: Sequence[LoadedModel]  # /api/ps now
+    # OCR model footprint if it must load: /api/tags size + KV headroom; None = unknown.
+    ocr_size_mib: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class PageStep:
+    action: Literal["run", "wait"]  # run this page now, or yield to the LLM and ask again
+    keep_alive_seconds: int  # send on this page's call, and on the load call when `load`
+    load: bool  # /api/ps does not list the OCR model: the caller sends the load call first
+    rule: str  # stable machine-readable rule name (RULES, or an after-job rule)
+    reason: str  # human text
+    retry_in_s: float = 0.0  # when action == "wait": ask again after this long
+    # The page's call will load the model (with or without a separate load call first).
+    loading: bool = False
+    last: bool = False  # the job's last page: keep_alive is the after-job value
+
+    @property
+    def keep_alive(self) -> str:
+        """The value sent to Ollama, e.g. `"0s"`, `"60s"`."""
+        return format_seconds(self.keep_alive_seconds)
+
+
+def hold_seconds(settings: ResidencySettings) -> int:
+    """The in-job keep_alive: `JOB_HOLD_S`, kept a whole second below the priority keep_alive,
+    and never 0 (with a priority keep_alive of 1 s or less, the hold wins: 1 s)."""
+    cap = priority_cap_seconds(settings)
+    hold = JOB_HOLD_S if cap is None else min(JOB_HOLD_S, cap)
+    return max(hold, 1)
+
+
+def _pct(value: float) -> str:
+    return f"{value:.0f}%"
+
+
+def llm_needs_memory(
+    profile: OcrProfile, view: GpuView, settings: ResidencySettings
+) -> tuple[str, str] | None:
+    """(rule, reason) when loading the OCR model now would take memory the priority LLM needs
+    now; None when it may load. Only meaningful while the OCR model is not listed."""
+    priority = priority_loaded(profile.model, view.loaded, settings)
+    for model in priority:
+        if model.size_vram < model.size:
+            return (
+                "yield_squeezed",
+                f"priority model {model.name} squeezed: {model.size_vram_mib} of "
+                f"{model.size_mib} MiB in VRAM",
+            )
+    vram = view.vram
+    footprint = view.ocr_size_mib
+    if vram is None:
+        if priority:
+            return ("yield_no_room", f"vram unknown: {profile.model} may not fit beside "
+                    f"{priority[0].name}")  # fmt: skip
+        return None  # nothing to protect that we can see, and nothing to measure
+    if footprint is None:
+        if priority:
+            return (
+                "yield_no_room",
+                f"footprint unknown: {profile.model} does not count as fitting beside "
+                f"{priority[0].name}",
+            )
+        footprint = 0
+    used_after = vram.used_mib + footprint
+    used_pct = 100.0 * used_after / vram.total_mib if vram.total_mib > 0 else 100.0
+    if used_pct >= settings.vram_critical_pct:
+        return (
+            "yield_critical",
+            f"vram critical with {profile.model}: {_pct(used_pct)} ≥ "
+            f"{_pct(settings.vram_critical_pct)}",
+        )
+    if priority:
+        if footprint > OLLAMA_FIT_SHARE * vram.free_mib:
+            return (
+                "yield_no_room",
+                f"no room beside {priority[0].name}: {profile.model} needs {footprint} MiB, "
+                f"{vram.free_mib} MiB free",
+            )
+        return None
+    free_after = vram.free_mib - footprint
+    if free_after < settings.llm_reserve_mib:
+        return (
+            "yield_reserve",
+            f"llm reserve: {max(free_after, 0)} MiB would be free < "
+            f"{settings.llm_reserve_mib} MiB kept for {', '.join(settings.priority_models)}",
+        )
+    return None
+
+
+class JobResidency:
+    """The residency of one OCR job of `pages` pages: ask `next_step` before every page (again
+    after each `wait`), call `page_done` when the page's call finished, success or not."""
+
+    def __init__(self, profile: OcrProfile, settings: ResidencySettings, *, pages: int) -> None:
+        if pages < 1:
+            raise ValueError("a job has at least one page")
+        self.profile = profile
+        self.settings = settings
+        self.pages = pages
+        self.done = 0
+        self._loads = 0
+        self._load_calls = 0
+        self._yield_s = 0.0  # waited before pages that then ran
+        self._yields = 0  # pages that waited at all
+
+    @property
+    def loads(self) -> int:
+        """Loads this job caused (steps that ran a page while /api/ps did not list the model)."""
+        return self._loads
+
+    @property
+    def load_calls(self) -> int:
+        """Separate load calls this job's steps asked for."""
+        return self._load_calls
+
+    @property
+    def yield_s(self) -> float:
+        """Seconds the job waited for the priority LLM before pages that then ran."""
+        return self._yield_s
+
+    @property
+    def yields(self) -> int:
+        """Pages that waited for the priority LLM before running."""
+        return self._yields
+
+    @property
+    def remaining(self) -> int:
+        return self.pages - self.done
+
+    @property
+    def hold_seconds(self) -> int:
+        return hold_seconds(self.settings)
+
+    def next_step(self, view: GpuView, *, waited_s: float) -> PageStep:
+        """What to do before the next page; `waited_s`: seconds already yielded before it."""
+        if self.done >= self.pages:
+            raise RuntimeError("every page of the job is done")
+        loading = not is_listed(self.profile.model, view.loaded)
+        last = self.remaining == 1
+        need = llm_needs_memory(self.profile, view, self.settings) if loading else None
+        yield_max = max(self.settings.ocr_yield_max_s, 0.0)
+        hold = self.hold_seconds
+        if need is not None and waited_s < yield_max:
+            rule, reason = need
+            return PageStep(
+                "wait",
+                hold,
+                False,
+                rule,
+                f"{reason}: waiting for the LLM ({waited_s:.0f}s of {yield_max:.0f}s)",
+                retry_in_s=min(YIELD_POLL_S, yield_max - waited_s),
+                loading=loading,
+                last=last,
+            )
+        suffix = ""
+        if need is not None:
+            suffix = f"; waited {waited_s:.0f}s for the LLM ({need[1]}), loading anyway"
+        if not last:
+            keep_alive, rule = hold, "job_hold"
+            reason = (
+                f"job hold: {format_seconds(hold)} between pages, {self.remaining - 1} "
+                f"page{'s' if self.remaining != 2 else ''} after this one"
+            )
+        else:
+            decision = calculate_ocr_residency(
+                self.profile,
+                view.vram,
+                view.loaded,
+                self.settings,
+                ocr_footprint_mib=view.ocr_size_mib,
+            )
+            keep_alive, rule, reason = (
+                decision.keep_alive_seconds,
+                decision.rule,
+                decision.reason,
+            )
+        # A load call with 0 is Ollama's unload form: the page call then loads the model itself.
+        load = loading and keep_alive > 0
+        step = PageStep(
+            "run",
+            keep_alive,
+            load,
+            rule,
+            reason + suffix,
+            loading=loading,
+            last=last,
+        )
+        self._ran(step, waited_s)
+        return step
+
+    def _ran(self, step: PageStep, waited_s: float) -> None:
+        if step.loading:
+            self._loads += 1
+        if step.load:
+            self._load_calls += 1
+        if waited_s > 0:
+            self._yields += 1
+            self._yield_s += waited_s
+
+    def page_done(self) -> None:
+        """The page's call finished (success or not)."""
+        if self.done >= self.pages:
+            raise RuntimeError("every page of the job is done")
+        self.done += 1

@@ -1,0 +1,282 @@
+"""Residency over a whole job (`sidecar.job_residency`): hypothesis properties over random jobs and
+GPU pictures, plus the worked examples of issue 14."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sidecar.job_residency import (
+    JOB_HOLD_S,
+    RULES,
+    YIELD_RULES,
+    GpuView,
+    JobResidency,
+    PageStep,
+)
+from sidecar.loaded_models import LoadedModel
+from sidecar.residency_policy import RULES as AFTER_JOB_RULES
+from sidecar.residency_policy import calculate_ocr_residency
+from sidecar.schemas import OcrProfile
+from sidecar.vram_monitor import VramSnapshot
+
+MIB = 1024 * 1024
+OCR = "scb10x/typhoon-ocr1.5-3b"
+LLM = "typhoon2.5-qwen3-4b"
+
+
+@dataclass(frozen=True)
+class Settings:
+    priority_models: list[str] = field(default_factory=lambda: ["typhoon2.5*"])
+    llm_reserve_mib: int = 9000
+    vram_pressure_pct: float = 85.0
+    vram_critical_pct: float = 95.0
+    priority_keep_alive_s: float = 300.0
+    ocr_yield_max_s: float = 60.0
+
+
+def model(name: str, size_mib: int, vram_mib: int | None = None) -> LoadedModel:
+    return LoadedModel(name, size_mib * MIB, (size_mib if vram_mib is None else vram_mib) * MIB)
+
+
+def vram(total: int, used: int) -> VramSnapshot:
+    return VramSnapshot(total, used, max(total - used, 0), "file", 0.0)
+
+
+# --- strategies --------------------------------------------------------------------------------
+
+settings_st = st.builds(
+    Settings,
+    llm_reserve_mib=st.integers(0, 16000),
+    vram_pressure_pct=st.floats(50, 90),
+    vram_critical_pct=st.floats(90, 100),
+    priority_keep_alive_s=st.one_of(
+        st.floats(0, 7200), st.sampled_from([300.0, 0.0, 1.0, 2.0, math.inf])
+    ),
+    ocr_yield_max_s=st.one_of(st.floats(0, 120), st.just(60.0)),
+)
+ceilings = st.one_of(st.none(), st.sampled_from(["0", "30s", "5m", "10m", "1h", "-1m", 45]))
+llm_states = st.one_of(
+    st.none(),  # not loaded
+    st.builds(
+        lambda size, squeeze: model(LLM + ":latest", size, size - squeeze),
+        st.integers(1000, 12000),
+        st.sampled_from([0, 0, 0, 500, 3000]),
+    ),
+)
+
+
+@st.composite
+def pictures(draw: st.DrawFn) -> tuple[VramSnapshot | None, LoadedModel | None, int | None]:
+    """One moment of the GPU: VRAM (or unknown), the LLM (or not loaded), the OCR footprint."""
+    total = draw(st.sampled_from([16311, 24000, 8000]))
+    snapshot = draw(st.one_of(st.none(), st.integers(0, total).map(lambda u: vram(total, u))))
+    return snapshot, draw(llm_states), draw(st.one_of(st.none(), st.integers(500, 6000)))
+
+
+@dataclass
+class Run:
+    steps: list[tuple[PageStep, GpuView, float]]  # every step with what it saw and waited_s
+    evictions: int  # times "Ollama" took the OCR model away after it was loaded
+    job: JobResidency
+
+
+@st.composite
+def jobs(draw: st.DrawFn) -> Run:
+    """Drive a JobResidency as the pipeline would: the OCR model is listed once a page loaded it,
+    until an outside eviction (drawn) takes it away; a wait is followed by a retry."""
+    settings = draw(settings_st)
+    profile = OcrProfile(model=OCR, keep_alive=draw(ceilings))
+    pages = draw(st.integers(1, 25))
+    job = JobResidency(profile, settings, pages=pages)
+    ocr_up = draw(st.booleans())  # loaded before the job started
+    steps: list[tuple[PageStep, GpuView, float]] = []
+    evictions = 0
+    for _ in range(pages):
+        waited = 0.0
+        while True:
+            snapshot, llm, size = draw(pictures())
+            listed = [m for m in (llm,) if m is not None]
+            if ocr_up:
+                listed.append(model(OCR + ":latest", 3300))
+            view = GpuView(snapshot, listed, size)
+            step = job.next_step(view, waited_s=waited)
+            steps.append((step, view, waited))
+            if step.action == "run":
+                break
+            waited += draw(st.sampled_from([step.retry_in_s, step.retry_in_s * 0.5, 30.0]))
+        if step.loading:
+            ocr_up = True
+        job.page_done()
+        if ocr_up and draw(st.integers(0, 9)) == 0:  # Ollama evicts it (for the LLM)
+            ocr_up = False
+            evictions += 1
+    return Run(steps, evictions, job)
+
+
+def runs(run: Run) -> list[tuple[PageStep, GpuView, float]]:
+    return [entry for entry in run.steps if entry[0].action == "run"]
+
+
+# --- properties --------------------------------------------------------------------------------
+
+
+@given(jobs())
+def test_at_most_one_load_per_job_without_outside_eviction(run: Run):
+    assert run.job.loads <= 1 + run.evictions
+    assert run.job.loads == sum(step.loading for step, _, _ in runs(run))
+    assert run.job.load_calls == sum(step.load for step, _, _ in runs(run))
+
+
+@given(jobs())
+def test_a_load_call_never_carries_zero(run: Run):
+    for step, _, _ in run.steps:
+        if step.load:
+            assert step.keep_alive_seconds > 0 and step.keep_alive != "0s"
+            assert step.loading and step.action == "run"
+
+
+@given(jobs())
+def test_never_zero_between_pages_and_always_below_the_llms_keep_alive(run: Run):
+    settings = run.job.settings
+    for index, (step, _, _) in enumerate(runs(run)):
+        last = index == run.job.pages - 1
+        assert step.last == last
+        if not last:
+            assert step.keep_alive_seconds > 0
+            assert step.rule == "job_hold"
+        if settings.priority_keep_alive_s > 1:
+            assert step.keep_alive_seconds < settings.priority_keep_alive_s
+        else:  # no whole second fits below it: the hold (1 s) wins, after the job it is 0
+            assert step.keep_alive_seconds <= 1
+        assert step.keep_alive == f"{step.keep_alive_seconds}s"
+
+
+@given(jobs())
+def test_the_last_page_carries_the_after_job_value(run: Run):
+    step, view, _ = runs(run)[-1]
+    decision = calculate_ocr_residency(
+        run.job.profile,
+        view.vram,
+        view.loaded,
+        run.job.settings,
+        ocr_footprint_mib=view.ocr_size_mib,
+    )
+    assert (step.keep_alive_seconds, step.rule) == (decision.keep_alive_seconds, decision.rule)
+    assert step.rule in AFTER_JOB_RULES
+
+
+@given(jobs())
+def test_waits_only_before_a_load_and_only_up_to_the_yield_bound(run: Run):
+    bound = run.job.settings.ocr_yield_max_s
+    for step, view, waited in run.steps:
+        if step.action == "wait":
+            assert step.loading and not step.load
+            assert step.rule in YIELD_RULES
+            assert waited < bound
+            assert 0 < step.retry_in_s <= bound - waited
+        else:
+            assert step.rule in RULES or step.rule in AFTER_JOB_RULES
+        if waited >= bound:
+            assert step.action == "run"
+        if any(m.name.startswith(OCR) for m in view.loaded):
+            assert step.action == "run" and not step.loading  # a running job never pauses
+    waited_runs = [waited for step, _, waited in runs(run) if waited > 0]
+    assert run.job.yields == len(waited_runs)
+    assert math.isclose(run.job.yield_s, sum(waited_runs))
+
+
+@given(jobs())
+def test_never_loads_beside_a_squeezed_or_unmeasured_llm_before_the_bound(run: Run):
+    bound = run.job.settings.ocr_yield_max_s
+    for step, view, waited in runs(run):
+        if not step.loading or waited >= bound:
+            continue
+        for entry in view.loaded:
+            if entry.name.startswith(LLM):
+                assert entry.size_vram >= entry.size  # not squeezed
+                assert view.vram is not None and view.ocr_size_mib is not None
+                assert view.ocr_size_mib <= 0.8 * view.vram.free_mib
+
+
+# --- worked examples ---------------------------------------------------------------------------
+
+LLM_UP = model(LLM + ":latest", 9000)
+OCR_UP = model(OCR + ":latest", 3300)
+
+
+def test_the_first_job_after_start_waits_instead_of_squeezing_the_llm():
+    """Issue 14: only the LLM is loaded (9000 MiB), 15300 of 16311 MiB used, OCR not loaded."""
+    job = JobResidency(OcrProfile(model=OCR, keep_alive="5m"), Settings(), pages=5)
+    view = GpuView(vram(16311, 15300), [LLM_UP], ocr_size_mib=3500)
+    step = job.next_step(view, waited_s=0)
+    assert (step.action, step.rule, step.load) == ("wait", "yield_critical", False)
+    assert step.retry_in_s == 1.0
+    # the wait runs out: the page runs, the load call holds the model for the job
+    step = job.next_step(view, waited_s=60)
+    assert (step.action, step.load, step.keep_alive) == ("run", True, f"{JOB_HOLD_S}s")
+    assert "waited 60s for the LLM" in step.reason
+    assert job.loads == 1 and job.yields == 1 and job.yield_s == 60
+
+
+def test_a_one_page_job_at_critical_sends_no_load_call_and_zero():
+    job = JobResidency(OcrProfile(model=OCR, keep_alive="5m"), Settings(), pages=1)
+    view = GpuView(vram(16311, 15300), [LLM_UP], ocr_size_mib=3500)
+    step = job.next_step(view, waited_s=60)
+    assert (step.action, step.keep_alive, step.rule) == ("run", "0s", "critical")
+    assert step.loading and not step.load  # the page call loads it and unloads it after
+    assert job.loads == 1 and job.load_calls == 0
+
+
+def test_an_unknown_footprint_waits_beside_a_loaded_llm():
+    job = JobResidency(OcrProfile(model=OCR), Settings(), pages=3)
+    step = job.next_step(GpuView(vram(16311, 9500), [LLM_UP], None), waited_s=0)
+    assert (step.action, step.rule) == ("wait", "yield_no_room")
+    step = job.next_step(GpuView(vram(16311, 9500), [LLM_UP], 3500), waited_s=1)
+    assert (step.action, step.load, step.rule) == ("run", True, "job_hold")
+
+
+def test_a_twenty_page_job_loads_once_and_holds_between_pages():
+    settings = Settings()
+    job = JobResidency(OcrProfile(model=OCR, keep_alive="10m"), settings, pages=20)
+    sent = []
+    loaded: list[LoadedModel] = [LLM_UP]
+    for _ in range(20):
+        step = job.next_step(GpuView(vram(16311, 9500 + 3300 * (len(loaded) - 1)), loaded, 3500),
+                             waited_s=0)  # fmt: skip
+        sent.append(step.keep_alive)
+        loaded = [LLM_UP, OCR_UP]
+        job.page_done()
+    assert job.loads == 1 and job.load_calls == 1
+    assert sent[:-1] == [f"{JOB_HOLD_S}s"] * 19
+    assert sent[-1] == "299s"  # after the job: the ceiling, held below the LLM's 5m
+
+
+def test_evicted_by_the_llm_mid_job_waits_before_taking_it_back():
+    job = JobResidency(OcrProfile(model=OCR), Settings(), pages=3)
+    assert job.next_step(GpuView(vram(16311, 700), [], 3500), waited_s=0).load
+    job.page_done()
+    # the LLM loaded and evicted the OCR model: 11 GB LLM, no room for the OCR model beside it
+    big = model(LLM + ":latest", 11000)
+    step = job.next_step(GpuView(vram(16311, 11800), [big], 3650), waited_s=0)
+    assert (step.action, step.rule) == ("wait", "yield_no_room")
+    # the LLM went away: it loads again (the second load, after an outside eviction)
+    step = job.next_step(GpuView(vram(16311, 800), [], 3500), waited_s=7)
+    assert step.action == "run" and step.load and job.loads == 2 and job.yield_s == 7
+
+
+def test_a_squeezed_llm_makes_the_load_wait():
+    job = JobResidency(OcrProfile(model=OCR), Settings(), pages=2)
+    squeezed = model(LLM + ":latest", 12000, 10000)
+    step = job.next_step(GpuView(vram(16311, 10500), [squeezed], 3500), waited_s=0)
+    assert (step.action, step.rule) == ("wait", "yield_squeezed")
+
+
+def test_no_llm_and_no_reserve_left_waits():
+    job = JobResidency(OcrProfile(model=OCR), Settings(llm_reserve_mib=12000), pages=2)
+    step = job.next_step(GpuView(vram(16311, 2700), [], 3500), waited_s=0)
+    assert (step.action, step.rule) == ("wait", "yield_reserve")
+    assert job.next_step(GpuView(vram(16311, 700), [], 3500), waited_s=0).action == "run"
