@@ -1,11 +1,15 @@
 """`create_app(settings, **injected)`: the FastAPI app and its lifespan.
 
-The lifespan owns every long-lived resource: one shared `httpx.AsyncClient` (closed at shutdown),
-the OCR pipeline and the retrieval service. Tests and benchmarks inject any of them.
+`create_app` builds every long-lived service (the shared `httpx.AsyncClient` for Ollama, the OCR
+pipeline, the retrieval service, the VRAM sampler) so the context routes see is complete from the
+start; the lifespan only starts them and stops them in reverse order. Tests and benchmarks inject
+any of them. Nothing here imports torch: the retrieval models and their libraries load in a worker
+thread once the server is up, so /live answers within a second of the process starting.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -17,13 +21,15 @@ from sidecar.auth import AuthMiddleware, KeyStore
 from sidecar.config import Settings, ensure_upload_base
 from sidecar.context import AppContext
 from sidecar.errors import install_error_handlers
+from sidecar.lifecycle import Drain, DrainMiddleware
 from sidecar.limits import BodyLimitMiddleware, body_limit_for
 from sidecar.observability import Metrics, RequestContextMiddleware
 from sidecar.ocr.pipeline import OcrPipeline
 from sidecar.openapi import install_openapi
-from sidecar.retrieval.service import RetrievalService
 from sidecar.routes import health, ocr, retrieval
-from sidecar.vram_monitor import monitor_from_source
+from sidecar.scrape import RuntimeCollector
+from sidecar.vram_monitor import VramMonitor, monitor_from_source
+from sidecar.vram_sampler import SampledVram
 
 INJECTABLE = frozenset({"metrics", "vram_monitor", "key_store", "http_client", "ocr", "retrieval"})
 
@@ -36,32 +42,47 @@ def build_http_client(settings: Settings) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=settings.ollama_url, timeout=timeout, limits=limits)
 
 
+def build_retrieval(settings: Settings, vram: VramMonitor, metrics: Metrics) -> Any:
+    # Imported here, not at the top: the service module brings numpy, and tests that inject
+    # their own retrieval never pay for it.
+    from sidecar.retrieval.service import RetrievalService
+
+    return RetrievalService(settings, vram, metrics)
+
+
 def create_app(settings: Settings, **injected: Any) -> FastAPI:
     unknown = set(injected) - INJECTABLE
     if unknown:
         raise TypeError(f"create_app got unknown injections: {sorted(unknown)}")
     ensure_upload_base(settings)
     metrics: Metrics = injected.get("metrics") or Metrics()
+    # An injected monitor is read as it is (tests change it and expect to see the change at
+    # once); the configured one is sampled in the background so nobody reads the GPU on the loop.
+    sampler = None
+    vram: VramMonitor | None = injected.get("vram_monitor")
+    if vram is None:
+        vram = sampler = SampledVram(monitor_from_source(settings.vram_source))
+    owned_http = injected.get("http_client") is None
+    http: httpx.AsyncClient = injected.get("http_client") or build_http_client(settings)
     ctx = AppContext(
         settings=settings,
         metrics=metrics,
-        vram=injected.get("vram_monitor") or monitor_from_source(settings.vram_source),
+        vram=vram,
         keys=injected.get("key_store") or KeyStore.from_settings(settings, metrics),
+        ocr=injected.get("ocr") or OcrPipeline(settings, http, vram, metrics),
+        retrieval=injected.get("retrieval") or build_retrieval(settings, vram, metrics),
+        drain=Drain(),
     )
+    metrics.registry.register(RuntimeCollector(ctx))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
-            http = injected.get("http_client")
-            if http is None:
-                http = build_http_client(settings)
+            if owned_http:
                 stack.push_async_callback(http.aclose)
-            ctx.http = http
-            ctx.ocr = injected.get("ocr") or OcrPipeline(settings, http, ctx.vram, metrics)
-            stack.push_async_callback(ctx.ocr.close)
-            ctx.retrieval = injected.get("retrieval") or RetrievalService(
-                settings, ctx.vram, metrics
-            )
+            if sampler is not None:
+                await asyncio.to_thread(sampler.start)  # the first sample is in before serving
+                stack.push_async_callback(asyncio.to_thread, sampler.stop)
             await ctx.retrieval.start()  # returns at once; models load in a worker thread
             stack.push_async_callback(ctx.retrieval.close)
             yield
@@ -77,9 +98,11 @@ def create_app(settings: Settings, **injected: Any) -> FastAPI:
     )
     app.state.ctx = ctx
     install_error_handlers(app)
-    # The last added runs first: request context (id, metrics, log), then auth, then the body
-    # ceiling, so an unauthenticated request is answered before a byte of its body is read.
+    # The last added runs first: request context (id, metrics, log), then auth, then the drain
+    # (no new jobs while shutting down), then the body ceiling, so an unauthenticated request is
+    # answered before a byte of its body is read.
     app.add_middleware(BodyLimitMiddleware, limit_for=body_limit_for(settings.max_file_bytes))
+    app.add_middleware(DrainMiddleware, drain=ctx.drain)
     app.add_middleware(AuthMiddleware, settings=settings, keys=ctx.keys, metrics=metrics)
     app.add_middleware(RequestContextMiddleware, metrics=metrics)
     app.include_router(health.public_router)  # auth.PUBLIC_PATHS: /live, /ready

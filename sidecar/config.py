@@ -16,9 +16,13 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from sidecar.durations import InvalidDuration, parse_ollama_duration
+from sidecar.units import MIB
 
 ENV_PREFIX = "OCR_SIDECAR_"
 MIN_KEY_LENGTH = 32
+# The one upload base the sidecar creates itself; any other must exist (a typo must not silently
+# become a new, empty directory).
+DEFAULT_UPLOAD_BASE = Path("./var/uploads")
 
 # The value `.env.example` ships with: it looks like a key, so it must be refused by name.
 ENV_EXAMPLE_PLACEHOLDER = "replace-me-with-output-of-secrets-token-urlsafe-32"
@@ -123,7 +127,7 @@ class Settings(BaseSettings):
     auth_mode: AuthMode = "api_key"
     trusted_networks: Annotated[list[IpNetwork], NoDecode] = Field(default_factory=list)
 
-    upload_base: Path = Path("./var/uploads")
+    upload_base: Path = DEFAULT_UPLOAD_BASE
     max_file_mb: int = Field(50, gt=0)
     max_pages: int = Field(200, gt=0)
 
@@ -215,11 +219,21 @@ class Settings(BaseSettings):
             )
         self._check_keys()
         self._check_networks()
-        if self.upload_base.exists() and not self.upload_base.is_dir():
-            raise ValueError(
-                f"{ENV_PREFIX}UPLOAD_BASE exists but is not a directory; point it at a directory"
-            )
+        self._check_upload_base()
         return self
+
+    def _check_upload_base(self) -> None:
+        variable = f"{ENV_PREFIX}UPLOAD_BASE"
+        if self.upload_base.exists():
+            if not self.upload_base.is_dir():
+                raise ValueError(
+                    f"{variable} exists but is not a directory; point it at a directory"
+                )
+        elif self.upload_base != DEFAULT_UPLOAD_BASE:
+            raise ValueError(
+                f"{variable} does not exist; create it (mkdir -m 700) or fix the path "
+                f"(only the default {DEFAULT_UPLOAD_BASE} is created by the sidecar)"
+            )
 
     def _check_keys(self) -> None:
         if self.api_key is not None and self.api_key_file is not None:
@@ -260,7 +274,7 @@ class Settings(BaseSettings):
 
     @property
     def max_file_bytes(self) -> int:
-        return self.max_file_mb * 1024 * 1024
+        return self.max_file_mb * MIB
 
     def configured_keys(self) -> list[str]:
         """Keys from OCR_SIDECAR_API_KEY (the file is read by auth.KeyStore)."""

@@ -1,32 +1,44 @@
-"""What the routes reach: one `AppContext` per app, stored on `app.state.ctx`."""
+"""What the routes reach: one `AppContext` per app, stored on `app.state.ctx`.
+
+`create_app` builds every service before the app exists and the lifespan only starts and stops
+them, so no field is ever missing: routes use them without `None` checks.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated
 
-import httpx
 from fastapi import Depends, Request
 
 from sidecar.config import Settings
+from sidecar.lifecycle import Drain
 from sidecar.observability import Metrics
 from sidecar.vram_monitor import VramMonitor
 
 if TYPE_CHECKING:
+    from sidecar.auth import KeyStore
     from sidecar.ocr.pipeline import OcrPipeline
     from sidecar.retrieval.service import RetrievalService
-    from sidecar.auth import KeyStore
 
 
 @dataclass
+class RuntimeStatus:
+    """What the last probes saw (None until the first probe)."""
+
+    ollama_up: bool | None = None
+
+
+@dataclass(frozen=True)
 class AppContext:
     settings: Settings
     metrics: Metrics
     vram: VramMonitor
     keys: KeyStore
-    http: httpx.AsyncClient | None = None
-    ocr: OcrPipeline | None = None
-    retrieval: RetrievalService | None = None
+    ocr: OcrPipeline
+    retrieval: RetrievalService
+    drain: Drain
+    status: RuntimeStatus = field(default_factory=RuntimeStatus)
 
 
 async def get_context(request: Request) -> AppContext:

@@ -19,14 +19,25 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from sidecar.error_codes import CODES
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-# An absolute filesystem path inside some other component's message (Ollama, a model loader).
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s'\"]+")
+# A URL (kept: it names a service, and the operator needs it whole), or an absolute filesystem
+# path inside some other component's message (Ollama, a model loader), which is blanked.
+_URL_OR_PATH = re.compile(
+    r"(?P<url>\b(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://[^\s'\"]*)|(?<![\w.])/[^\s'\"]+"
+)
 TYPE_BASE = "https://ocr-sidecar.local/problems/"
 
 
+def _blank_path(match: re.Match[str]) -> str:
+    url = match.group("url")
+    if url is not None and match.group("scheme").lower() != "file":
+        return url
+    return "<path>"
+
+
 def redact_paths(text: str) -> str:
-    """`text` with absolute filesystem paths replaced by `<path>`, fit for a problem `detail`."""
-    return _ABSOLUTE_PATH.sub("<path>", text)
+    """`text` with absolute filesystem paths (`file://` URLs too) replaced by `<path>`, fit for
+    a problem `detail`; other URLs such as `https://huggingface.co/...` are left whole."""
+    return _URL_OR_PATH.sub(_blank_path, text)
 
 
 class ApiError(Exception):

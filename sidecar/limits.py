@@ -12,21 +12,24 @@ from collections.abc import Callable
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from sidecar.errors import problem_response
+from sidecar.errors import ApiError, problem_response
+from sidecar.units import MIB, mib_text
 
-MIB = 1024 * 1024
 # The largest JSON body any route takes: MAX_INPUTS (256) texts at BGE-M3's 8192-token window are
 # about 13 MB of Thai UTF-8; twice that leaves room for truncate=true inputs that run long.
 MAX_JSON_BODY_BYTES = 32 * MIB
 
 
-def _declared_length(scope: Scope) -> int | None:
+def declared_length(scope: Scope) -> int | None:
+    """The request's `Content-Length`, None when absent; 422 `validation_error` when it is not a
+    non-negative integer. uvicorn already answers 400 to such framing itself, so this only fires
+    behind a laxer server; there a body whose length header lies is refused, never guessed at."""
     for name, value in scope.get("headers", ()):
         if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
+            text = value.decode("latin-1").strip()
+            if not text.isdigit():
+                raise ApiError("validation_error", "Content-Length is not a number.")
+            return int(text)
     return None
 
 
@@ -42,7 +45,11 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         limit = self.limit_for(scope.get("path", ""))
-        declared = _declared_length(scope)
+        try:
+            declared = declared_length(scope)
+        except ApiError as exc:
+            await problem_response(Request(scope), exc.code, exc.detail)(scope, receive, send)
+            return
         if declared is not None and declared > limit:
             await self._refuse(scope, receive, send, limit)
             return
@@ -84,7 +91,7 @@ class BodyLimitMiddleware:
         response = problem_response(
             Request(scope),
             "payload_too_large",
-            f"The request body is larger than the {limit // MIB} MB limit.",
+            f"The request body is larger than the {mib_text(limit)} limit.",
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)

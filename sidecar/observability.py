@@ -1,20 +1,26 @@
 """JSON logs, X-Request-ID, and the Prometheus metrics of the whole sidecar.
 
 Each app gets its own `CollectorRegistry` (several apps in one test process must not collide).
-All metric objects live in `Metrics` so /metrics shows one documented set.
+The counters and histograms live in `Metrics`; figures that are read rather than counted (VRAM,
+loaded models, Ollama up) come from `sidecar.scrape`, which reads them at scrape time.
+
+Log lines go to stdout, one JSON object each; warnings and library loggers are routed through the
+same handler and library progress bars are switched off, so stdout stays parseable line by line.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
+import traceback
 import uuid
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -23,6 +29,12 @@ from sidecar.errors import problem_response
 REQUEST_ID_HEADER = "x-request-id"
 _VALID_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 access_logger = logging.getLogger("sidecar.access")
+# One series per counter: the `_created` twins only double what /metrics shows.
+disable_created_metrics()
+# Loggers that speak for every request they make (httpx logs each Ollama probe at INFO).
+_CHATTY_LOGGERS = ("httpx", "httpcore")
+# Progress bars write to the terminal on their own; logs are the only output.
+_PROGRESS_BAR_OFF = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
 
 
 class Metrics:
@@ -87,6 +99,27 @@ class Metrics:
         self.ollama_errors = Counter(
             "sidecar_ollama_errors_total", "Ollama failures by code", ["code"], registry=r
         )
+        self.ollama_retries = Counter(
+            "sidecar_ollama_retries_total", "Ollama calls retried (busy or unreachable)", registry=r
+        )
+        self.ocr_job_loads = Histogram(
+            "sidecar_ocr_job_loads",
+            "OCR model loads per job",
+            buckets=(0, 1, 2, 3, 5, 10),
+            registry=r,
+        )
+        self.ocr_yield_seconds = Histogram(
+            "sidecar_ocr_yield_seconds",
+            "Waits for the priority LLM before an OCR page (_count: yields)",
+            buckets=(0.5, 1, 2, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.ocr_cancelled = Counter(
+            "sidecar_ocr_jobs_cancelled_total",
+            "OCR jobs stopped before their last page, by reason (client_gone, deadline)",
+            ["reason"],
+            registry=r,
+        )
         # Retrieval
         self.model_device = Gauge(
             "sidecar_model_on_gpu",
@@ -113,12 +146,6 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.vram_used_mib = Gauge(
-            "sidecar_vram_used_mib", "GPU memory used (last snapshot)", registry=r
-        )
-        self.vram_total_mib = Gauge(
-            "sidecar_vram_total_mib", "GPU memory total (last snapshot)", registry=r
-        )
 
 
 class JsonFormatter(logging.Formatter):
@@ -141,14 +168,18 @@ class JsonFormatter(logging.Formatter):
         for key, value in record.__dict__.items():
             if key not in self._RESERVED and not key.startswith("_"):
                 entry[key] = value
-        if record.exc_info and record.levelno >= logging.ERROR:
-            # The exception type only: tracebacks go nowhere a client can read, and stay short here.
-            entry["exc_type"] = record.exc_info[0].__name__ if record.exc_info[0] else None
+        if record.exc_info and record.exc_info[0] is not None:
+            # The whole traceback, in the log only (never in a response): a 500 must be diagnosable.
+            entry["exc_type"] = record.exc_info[0].__name__
+            entry["traceback"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
 def configure_logging(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    """Every log line to stdout in `fmt`; warnings and library logs included, progress bars off."""
+    for name, value in _PROGRESS_BAR_OFF.items():
+        os.environ.setdefault(name, value)
+    handler = logging.StreamHandler(sys.stdout)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
@@ -156,8 +187,10 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("uvicorn.access",):
-        logging.getLogger(noisy).disabled = True
+    logging.getLogger("uvicorn.access").disabled = True
+    for chatty in _CHATTY_LOGGERS:
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
+    logging.captureWarnings(True)  # `warnings.warn` becomes a `py.warnings` log record
     route_library_loggers()
 
 
@@ -169,6 +202,7 @@ def route_library_loggers() -> None:
 
     transformers_logging.disable_default_handler()
     transformers_logging.enable_propagation()
+    transformers_logging.disable_progress_bar()
     logging.getLogger("huggingface_hub").handlers.clear()
 
 
@@ -189,7 +223,8 @@ def incoming_request_id(scope: Scope) -> str:
 
 
 class RequestContextMiddleware:
-    """Request id, access log line, request metrics, and the last-resort 500 (no traceback)."""
+    """Request id, access log line, request metrics, and the last-resort 500 (no traceback in
+    the body; the log line has it)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -217,6 +252,8 @@ class RequestContextMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
+            # Logged here with the request id and the traceback; then, as Starlette's
+            # ServerErrorMiddleware does, answered (if nothing was sent yet) and re-raised.
             access_logger.exception("unhandled error", extra={"request_id": request_id})
             if not status_holder["sent"]:
                 response = problem_response(
@@ -225,6 +262,7 @@ class RequestContextMiddleware:
                     "The sidecar hit an unexpected error; quote the request_id when reporting it.",
                 )
                 await response(scope, receive, send_with_id)
+            raise
         finally:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started

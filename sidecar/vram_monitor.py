@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from sidecar.units import MIB
+
 logger = logging.getLogger("sidecar.vram")
-MIB = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

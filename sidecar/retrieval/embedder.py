@@ -11,34 +11,16 @@ module's forward (dense = CLS state, sparse = relu(sparse_linear) per token).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from sidecar.retrieval.items import EmbedItem, EmbedOutput
 from sidecar.retrieval.tokens import attention_mask, check_lengths, model_max_tokens, pad_rows
 
 # BGE-M3 drops these from the lexical weights (FlagEmbedding's `_process_token_weights`).
 _UNUSED_SPECIAL_TOKENS = ("cls_token", "eos_token", "pad_token", "unk_token")
-
-
-@dataclass(frozen=True, slots=True)
-class EmbedItem:
-    token_ids: list[int]
-    want_sparse: bool
-
-
-@dataclass(frozen=True, slots=True)
-class EmbedOutput:
-    dense: np.ndarray  # float32, not normalised
-    sparse: dict[str, float] | None
-
-
-def normalize_rows(vectors: np.ndarray) -> np.ndarray:
-    """L2-normalise each row (a zero row stays zero)."""
-    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
-    return vectors / np.maximum(norms, 1e-12)
 
 
 def lexical_weights(

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sidecar.errors import redact_paths
-from sidecar.retrieval.embedder import Embedder
-from sidecar.retrieval.reranker import Reranker
+
+if TYPE_CHECKING:
+    from sidecar.retrieval.embedder import Embedder
+    from sidecar.retrieval.reranker import Reranker
 
 _MAX_REASON = 200
 
@@ -31,6 +34,8 @@ def load_embedder(name: str) -> Embedder:
     check_model_source(name)
     from FlagEmbedding import BGEM3FlagModel
 
+    from sidecar.retrieval.embedder import Embedder
+
     flag = BGEM3FlagModel(name, use_fp16=False, devices="cpu", normalize_embeddings=False)
     return Embedder(name, flag.model, flag.tokenizer, owner=flag)
 
@@ -38,6 +43,8 @@ def load_embedder(name: str) -> Embedder:
 def load_reranker(name: str) -> Reranker:
     check_model_source(name)
     from FlagEmbedding import FlagReranker
+
+    from sidecar.retrieval.reranker import Reranker
 
     flag = FlagReranker(name, use_fp16=False, devices="cpu")
     return Reranker(name, flag.model, flag.tokenizer, owner=flag)

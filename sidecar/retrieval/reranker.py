@@ -9,33 +9,12 @@ text truncated to fit) and each micro-batch is one forward pass.
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from sidecar.retrieval.items import PairItem
 from sidecar.retrieval.tokens import attention_mask, check_lengths, model_max_tokens, pad_rows
-
-
-@dataclass(frozen=True, slots=True)
-class PairItem:
-    token_ids: list[int]
-    token_type_ids: list[int] | None
-
-
-def sigmoid(x: float) -> float:
-    """Logistic function that does not overflow for large |x|."""
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
-
-
-def rank(scores: list[float], top_n: int | None) -> list[int]:
-    """Indices of `scores`, highest first (ties keep input order), cut to `top_n`."""
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    return order if top_n is None else order[:top_n]
 
 
 class Reranker:

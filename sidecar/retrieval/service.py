@@ -2,8 +2,11 @@
 
 `start()` returns at once: the models load in worker threads (`asyncio.to_thread`), then each is
 placed by `sidecar.devices` and gets its own micro-batcher. Until a model is in, its route answers
-503 `not_ready` and `/ready` names it; a model that failed to load stays failed (with the reason)
-while the process keeps serving everything else.
+503 `not_ready` and `/ready` names it; a model that failed to load stays failed (with the reason
+and the variable to change) while the process keeps serving everything else.
+
+Importing this module imports no torch: the model code and `sidecar.devices` are imported by the
+loading thread, so the server answers /live before torch has even been read from disk.
 """
 
 from __future__ import annotations
@@ -15,14 +18,16 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, Literal, TypeVar
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 import numpy as np
 
-from sidecar.config import Settings
-from sidecar.devices import DeviceManager, PlacedModel, PlacementWatcher
+from sidecar.config import ENV_PREFIX, Settings
 from sidecar.errors import ApiError
+from sidecar.errors import Overloaded as QueueFull
 from sidecar.observability import Metrics
+from sidecar.readiness import Problem
 from sidecar.retrieval.batcher import (
     BatcherClosed,
     BatchOutput,
@@ -30,15 +35,21 @@ from sidecar.retrieval.batcher import (
     MicroBatcher,
     Overloaded,
 )
-from sidecar.retrieval.embedder import Embedder, EmbedItem, EmbedOutput, normalize_rows
+from sidecar.retrieval.items import (
+    EmbedItem,
+    EmbedOutput,
+    InputTooLong,
+    PairItem,
+    normalize_rows,
+    rank,
+    sigmoid,
+)
 from sidecar.retrieval.loading import (
     describe_load_error,
     display_name,
     load_embedder,
     load_reranker,
 )
-from sidecar.retrieval.reranker import PairItem, Reranker, rank, sigmoid
-from sidecar.retrieval.tokens import InputTooLong
 from sidecar.schemas import (
     EmbedRequest,
     EmbedResponse,
@@ -49,10 +60,17 @@ from sidecar.schemas import (
 )
 from sidecar.vram_monitor import VramMonitor
 
+if TYPE_CHECKING:
+    from sidecar.devices import DeviceManager, PlacedModel, PlacementWatcher
+    from sidecar.retrieval.embedder import Embedder
+    from sidecar.retrieval.reranker import Reranker
+
 logger = logging.getLogger("sidecar.retrieval")
 
 Kind = Literal["embed", "rerank"]
-ModelT = TypeVar("ModelT", Embedder, Reranker)
+ModelT = TypeVar("ModelT", "Embedder", "Reranker")
+# The setting that names each model: what a failed load tells the operator to change.
+MODEL_VARIABLE = {"embed": f"{ENV_PREFIX}EMBED_MODEL", "rerank": f"{ENV_PREFIX}RERANK_MODEL"}
 NOT_READY_RETRY_S = "5"
 # Texts (or pairs) that may wait for the model, in units of MAX_INPUTS.
 QUEUE_REQUESTS_WORTH = 4
@@ -96,6 +114,8 @@ class _Slot(Generic[ModelT]):
 def device_manager_from_settings(
     settings: Settings, vram: VramMonitor, metrics: Metrics
 ) -> DeviceManager:
+    from sidecar.devices import DeviceManager  # imports torch: called from the loading thread
+
     return DeviceManager(
         vram,
         metrics,
@@ -120,12 +140,9 @@ class RetrievalService:
         self.settings = settings
         self.vram = vram
         self.metrics = metrics
-        self.devices = devices or device_manager_from_settings(settings, vram, metrics)
-        self.watcher = (
-            PlacementWatcher(self.devices)
-            if watch_interval_s is None
-            else PlacementWatcher(self.devices, watch_interval_s)
-        )
+        self._given_devices = devices
+        self._watch_interval_s = watch_interval_s
+        self._watcher: PlacementWatcher | None = None
         self.max_queued_items = max_queued_items or QUEUE_REQUESTS_WORTH * settings.max_inputs
         self.embed_slot: _Slot[Embedder] = _Slot("embed", settings.embed_model, embed_loader)
         self.rerank_slot: _Slot[Reranker] = _Slot("rerank", settings.rerank_model, rerank_loader)
@@ -137,6 +154,13 @@ class RetrievalService:
         self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self._load_task: asyncio.Task[None] | None = None
         self.loaded = asyncio.Event()
+
+    @cached_property
+    def devices(self) -> DeviceManager:
+        """The placement manager, built on first use (in the loading thread: it imports torch)."""
+        if self._given_devices is not None:
+            return self._given_devices
+        return device_manager_from_settings(self.settings, self.vram, self.metrics)
 
     # lifecycle -----------------------------------------------------------------------------
 
@@ -152,16 +176,31 @@ class RetrievalService:
             await self._load(self.embed_slot, self._embed_batch)
             await self._load(self.rerank_slot, self._rerank_batch)
             if self.embed_slot.placed or self.rerank_slot.placed:
-                self.watcher.start()
+                self._watcher = await asyncio.to_thread(self._start_watcher)
         finally:
             self.loaded.set()
+
+    def _start_watcher(self) -> PlacementWatcher:
+        from sidecar.devices import PlacementWatcher
+
+        interval = self._watch_interval_s
+        watcher = (
+            PlacementWatcher(self.devices)
+            if interval is None
+            else PlacementWatcher(self.devices, interval)
+        )
+        watcher.start()
+        return watcher
+
+    def _place(self, kind: Kind, module: Any) -> PlacedModel:
+        return self.devices.add(kind, module)
 
     async def _load(
         self, slot: _Slot[Any], runner: Callable[[list[Any]], BatchOutput[Any]]
     ) -> None:
         try:
             model = await asyncio.to_thread(slot.loader, slot.name)
-            placed = await asyncio.to_thread(self.devices.add, slot.kind, model.module)
+            placed = await asyncio.to_thread(self._place, slot.kind, model.module)
         except Exception as exc:
             slot.error = describe_load_error(exc)
             logger.error(
@@ -188,7 +227,8 @@ class RetrievalService:
     async def close(self) -> None:
         if self._load_task is not None and not self._load_task.done():
             self._load_task.cancel()  # a load already in its thread finishes there, unused
-        self.watcher.stop()
+        if self._watcher is not None:
+            await asyncio.to_thread(self._watcher.stop)  # joins the thread: not on the loop
         for slot in (self.embed_slot, self.rerank_slot):
             if slot.batcher is not None:
                 await asyncio.to_thread(slot.batcher.close)
@@ -200,14 +240,19 @@ class RetrievalService:
         """`models` section of /health: per model name, device, loaded, error."""
         return {slot.kind: slot.describe() for slot in (self.embed_slot, self.rerank_slot)}
 
-    def ready_problems(self) -> list[str]:
+    def ready_problems(self) -> list[Problem]:
         problems = []
         for slot in (self.embed_slot, self.rerank_slot):
             shown = display_name(slot.name)
             if slot.loading:
-                problems.append(f"{slot.kind} model {shown} is loading")
+                problems.append(Problem(f"{slot.kind} model {shown} is loading", clears=True))
             elif slot.error is not None:
-                problems.append(f"{slot.kind} model {shown} failed to load: {slot.error}")
+                reason = (
+                    f"{slot.kind} model {shown} failed to load: {slot.error}; set "
+                    f"{MODEL_VARIABLE[slot.kind]} to a model id the hub serves or a local "
+                    "model directory, then restart"
+                )
+                problems.append(Problem(reason, clears=False))
         return problems
 
     def queue_stats(self) -> dict[str, int]:
@@ -243,12 +288,14 @@ class RetrievalService:
     @staticmethod
     def _ready(slot: _Slot[ModelT]) -> tuple[ModelT, MicroBatcher[Any, Any]]:
         if slot.model is None or slot.batcher is None:
-            state = "is still loading" if slot.loading else "failed to load (see /ready)"
-            raise ApiError(
-                "not_ready",
-                f"the {slot.kind} model {state}",
-                headers={"Retry-After": NOT_READY_RETRY_S},
-            )
+            if slot.loading:
+                raise ApiError(
+                    "not_ready",
+                    f"the {slot.kind} model is still loading",
+                    headers={"Retry-After": NOT_READY_RETRY_S},
+                )
+            # No Retry-After: a failed load does not clear until the operator fixes it.
+            raise ApiError("not_ready", f"the {slot.kind} model failed to load (see /ready)")
         return slot.model, slot.batcher
 
     def _tokenize_locked(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -280,11 +327,7 @@ class RetrievalService:
         if batcher.depth + self._tokenizing[batcher.kind] + count > batcher.max_queued_items:
             self.metrics.retrieval_rejected.labels(batcher.kind).inc()
             retry = batcher.retry_after_s()
-            raise ApiError(
-                "overloaded",
-                f"the {batcher.kind} queue is full; retry after {retry}s",
-                headers={"Retry-After": str(retry)},
-            )
+            raise QueueFull(f"the {batcher.kind} queue is full; retry after {retry}s", retry)
         self._tokenizing[batcher.kind] += count
         try:
             yield
@@ -297,10 +340,9 @@ class RetrievalService:
         try:
             return await batcher.submit(payloads, lengths)
         except Overloaded as exc:
-            raise ApiError(
-                "overloaded",
+            raise QueueFull(
                 f"the {batcher.kind} queue is full; retry after {exc.retry_after_s}s",
-                headers={"Retry-After": str(exc.retry_after_s)},
+                exc.retry_after_s,
             ) from None
         except BatcherClosed:
             raise ApiError(

@@ -7,21 +7,13 @@ from typing import Any
 
 import torch
 
+from sidecar.retrieval.items import InputTooLong
+
 # Tokenizers without a real limit report a huge sentinel (1e30) as model_max_length.
 _SENTINEL_LIMIT = 1_000_000
 # Position-embedding tables of RoBERTa-family models (XLM-R: BGE-M3, bge-reranker) start after
 # the padding index, so they hold `padding_idx + 1` fewer positions than their size.
 _OFFSET_POSITION_MODELS = frozenset({"roberta", "xlm-roberta", "camembert"})
-
-
-class InputTooLong(Exception):
-    """A text (or query + text pair) exceeds the model's maximum length and truncation is off."""
-
-    def __init__(self, index: int, tokens: int, limit: int) -> None:
-        super().__init__(f"input {index} has {tokens} tokens, the model takes at most {limit}")
-        self.index = index
-        self.tokens = tokens
-        self.limit = limit
 
 
 def model_max_tokens(tokenizer: Any, config: Any) -> int:

@@ -1,8 +1,11 @@
-"""/live, /ready (no auth: orchestrators probe them) and /health, /metrics (behind auth)."""
+"""/live, /ready (no auth: orchestrators probe them) and /health, /metrics (behind auth).
+
+These routes only show what `sidecar.readiness` and the services already know. /live and /ready
+answer HEAD as well as GET: load balancers and `curl -I` probe with HEAD.
+"""
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -11,50 +14,40 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from sidecar.context import AppContext, Ctx
 from sidecar.errors import problem_response
+from sidecar.readiness import readiness
+from sidecar.version import VERSION
 
-try:
-    VERSION = version("ocr-sidecar")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    VERSION = "0.0.0"
+# What /ready tells a caller to wait before asking again, when the problem may clear by itself.
+READY_RETRY_AFTER_S = "5"
+PROBE_METHODS = ["GET", "HEAD"]
 
 public_router = APIRouter()
 protected_router = APIRouter()
 
 
-async def readiness_problems(ctx: AppContext) -> list[str]:
-    problems: list[str] = []
-    if ctx.ocr is None or ctx.retrieval is None:
-        return ["starting up"]
-    problems.extend(await ctx.ocr.ready_problems())
-    problems.extend(ctx.retrieval.ready_problems())
-    return problems
-
-
-@public_router.get("/live")
+@public_router.api_route("/live", methods=PROBE_METHODS)
 async def live() -> dict[str, str]:
     return {"status": "alive"}
 
 
-@public_router.get("/ready")
+@public_router.api_route("/ready", methods=PROBE_METHODS)
 async def ready(request: Request, ctx: Ctx) -> Response:
-    problems = await readiness_problems(ctx)
-    if problems:
-        return problem_response(
-            request,
-            "not_ready",
-            "; ".join(problems),
-            extra={"reasons": problems},
-            headers={"Retry-After": "5"},
-        )
-    return JSONResponse({"status": "ready"})
+    state = await readiness(ctx)
+    if state.ready:
+        return JSONResponse({"status": "ready"})
+    return problem_response(
+        request,
+        "not_ready",
+        "; ".join(state.reasons),
+        extra={"reasons": state.reasons},
+        headers={"Retry-After": READY_RETRY_AFTER_S} if state.may_clear else None,
+    )
 
 
 def gpu_section(ctx: AppContext) -> dict[str, Any]:
     snapshot = ctx.vram.snapshot()
     if snapshot is None:
         return {"available": False, "source": ctx.vram.source}
-    ctx.metrics.vram_used_mib.set(snapshot.used_mib)
-    ctx.metrics.vram_total_mib.set(snapshot.total_mib)
     return {
         "available": True,
         "name": snapshot.gpu_name,
@@ -68,11 +61,10 @@ def gpu_section(ctx: AppContext) -> dict[str, Any]:
 
 @protected_router.get("/health")
 async def health(ctx: Ctx) -> dict[str, Any]:
-    problems = await readiness_problems(ctx)
-    assert ctx.ocr is not None and ctx.retrieval is not None  # lifespan has run
+    state = await readiness(ctx)
     return {
-        "status": "ok" if not problems else "degraded",
-        "problems": problems,
+        "status": "ok" if state.ready else "degraded",
+        "problems": state.reasons,
         "version": VERSION,
         "auth_mode": ctx.settings.auth_mode,
         "gpu": gpu_section(ctx),
@@ -84,5 +76,4 @@ async def health(ctx: Ctx) -> dict[str, Any]:
 
 @protected_router.get("/metrics")
 async def metrics(ctx: Ctx) -> Response:
-    gpu_section(ctx)  # refresh the VRAM gauges at scrape time
     return Response(generate_latest(ctx.metrics.registry), media_type=CONTENT_TYPE_LATEST)

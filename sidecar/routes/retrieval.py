@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from fastapi import APIRouter, Response
 
-from sidecar.context import AppContext, Ctx
-from sidecar.errors import ApiError
-from sidecar.retrieval.service import Reply, RetrievalService
+from sidecar.context import Ctx
 from sidecar.schemas import EmbedRequest, EmbedResponse, RerankRequest, RerankResponse
+
+if TYPE_CHECKING:  # the service module pulls in numpy; this one stays light for a fast start
+    from sidecar.retrieval.service import Reply
 
 router = APIRouter()
 
@@ -18,12 +21,6 @@ DEVICE_REASON_HEADER = "X-Compute-Device-Reason"
 def header_text(text: str) -> str:
     """HTTP header values are latin-1: spell `≥` as `>=` and drop anything else outside ASCII."""
     return text.replace("≥", ">=").encode("ascii", "replace").decode("ascii")
-
-
-def service_of(ctx: AppContext) -> RetrievalService:
-    if ctx.retrieval is None:
-        raise ApiError("not_ready", "the sidecar is starting up", headers={"Retry-After": "5"})
-    return ctx.retrieval
 
 
 def json_reply(reply: Reply, *, exclude_none: bool = False) -> Response:
@@ -41,10 +38,10 @@ def json_reply(reply: Reply, *, exclude_none: bool = False) -> Response:
 
 @router.post("/embed", response_model=EmbedResponse)
 async def embed(body: EmbedRequest, ctx: Ctx) -> Response:
-    return json_reply(await service_of(ctx).embed(body))
+    return json_reply(await ctx.retrieval.embed(body))
 
 
 @router.post("/rerank", response_model=RerankResponse, response_model_exclude_none=True)
 async def rerank(body: RerankRequest, ctx: Ctx) -> Response:
     # `text` appears only when asked for (return_text), so None fields are left out.
-    return json_reply(await service_of(ctx).rerank(body), exclude_none=True)
+    return json_reply(await ctx.retrieval.rerank(body), exclude_none=True)

@@ -46,9 +46,9 @@ def test_framework_errors_are_problems(
         assert_problem(c.get("/normalize", headers={"X-API-Key": api_key}), 404, "not_found")
         assert_problem(c.post("/normalize", headers={"X-API-Key": api_key}), 404, "not_found")
         assert_problem(c.delete("/live"), 405, "method_not_allowed")
-        # No schema or docs at all; without a key nothing but /live and /ready is even routed.
+        # Without a key nothing but /live and /ready is even routed, the schema included.
+        assert_problem(c.get("/redoc", headers={"X-API-Key": api_key}), 404, "not_found")
         for path in ("/openapi.json", "/docs", "/redoc"):
-            assert_problem(c.get(path, headers={"X-API-Key": api_key}), 404, "not_found")
             assert_problem(c.get(path), 401, "unauthorized")
         assert_problem(c.get("/health"), 401, "unauthorized")
         assert_problem(c.get("/ready"), 503, "not_ready")  # skeleton parts report not ready

@@ -43,10 +43,15 @@ def test_failed_loads_are_named_on_ready_and_the_process_stays_up(
     reasons = retrieval_reasons(app)
     assert reasons[0] == (
         "embed model .../bge-m3 failed to load: "
-        "ModelSourceMissing: no model directory at the configured path"
+        "ModelSourceMissing: no model directory at the configured path; "
+        "set OCR_SIDECAR_EMBED_MODEL to a model id the hub serves or a local model directory, "
+        "then restart"
     )
     assert reasons[1].startswith("rerank model not a/valid//hub id failed to load: ")
+    assert "set OCR_SIDECAR_RERANK_MODEL to" in reasons[1]
     assert "/nonexistent" not in ready.text and "site-packages" not in ready.text
+    # A failed load never clears by itself: no Retry-After invites a pointless retry.
+    assert "retry-after" not in ready.headers
     for route, body in (
         ("/embed", {"inputs": ["x"]}),
         ("/rerank", {"query": "q", "texts": ["x"]}),
@@ -55,6 +60,7 @@ def test_failed_loads_are_named_on_ready_and_the_process_stays_up(
         assert reply.status_code == 503
         assert reply.json()["code"] == "not_ready"
         assert "failed to load" in reply.json()["detail"]
+        assert "retry-after" not in reply.headers
     health = app.client.get("/health").json()["models"]
     assert health["embed"]["loaded"] is False and health["embed"]["error"].startswith("Model")
 
@@ -77,6 +83,7 @@ def test_not_ready_while_loading_then_serving(
             "embed model .../model is loading",
             "rerank model .../model is loading",
         ]
+        assert app.client.get("/ready").headers["retry-after"] == "5"  # loading clears
         loading = app.client.post("/embed", json={"inputs": ["x"]})
         assert loading.status_code == 503
         assert loading.json()["code"] == "not_ready"

@@ -13,7 +13,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.retrieval.reranker import rank, sigmoid
+from sidecar.retrieval.items import rank, sigmoid
 from tests.retrieval.conftest import RunningApp, SharedModels
 
 QUERY = "what is the invoice total"
