@@ -49,8 +49,9 @@ OCR_SYSTEM_PROMPT_V1 = (
     "them completely: {{dms_tags}}."
 )
 
-# Typhoon OCR 1.5 only works with its own fixed instruction in the user turn (see
-# shared reference typhoon-ocr.md §1, §3); this follows its structure and rules.
+# Typhoon OCR 1.5 only works with its own fixed instruction in the user turn; this paraphrases the
+# one in the PyPI package typhoon-ocr 0.4.1 (PROMPTS_SYS["v1.5"]). Migration 0002 adds the exact
+# text as version 2.
 OCR_USER_TEMPLATE_V1 = (
     "Extract all text from the image.\n\n"
     "Instructions:\n"

@@ -101,42 +101,43 @@ async def test_editing_a_missing_profile_fails(db: Database) -> None:
 
 
 async def test_a_prompt_change_is_a_new_inactive_version(db: Database) -> None:
-    row = await governance.add_prompt_version(db, KEY, system_prompt="v2", dms_tags=[" a ", "b"])
-    assert (row.version, row.is_active, row.dms_tags) == (2, False, ["a", "b"])
-    assert await _versions(db) == [(1, True), (2, False)]
-    row = await governance.add_prompt_version(db, KEY, system_prompt="v3", activate=True)
-    assert (row.version, row.is_active) == (3, True)
-    # Unset tags and user template come from the active version (v1), not the newest (v2).
+    # The seed: version 1, and version 2 (Typhoon's own instruction) active.
+    row = await governance.add_prompt_version(db, KEY, system_prompt="v3", dms_tags=[" a ", "b"])
+    assert (row.version, row.is_active, row.dms_tags) == (3, False, ["a", "b"])
+    assert await _versions(db) == [(1, False), (2, True), (3, False)]
+    row = await governance.add_prompt_version(db, KEY, system_prompt="v4", activate=True)
+    assert (row.version, row.is_active) == (4, True)
+    # Unset tags and user template come from the active version (v2), not the newest (v3).
     async with db.transaction() as session:
-        v1 = await session.scalar(select(AiPrompt).where(AiPrompt.version == 1))
-    assert v1 is not None
-    assert (row.dms_tags, row.user_template) == (v1.dms_tags, v1.user_template)
-    assert await _versions(db) == [(1, False), (2, False), (3, True)]
+        v2 = await session.scalar(select(AiPrompt).where(AiPrompt.version == 2))
+    assert v2 is not None
+    assert (row.dms_tags, row.user_template) == (v2.dms_tags, v2.user_template)
+    assert await _versions(db) == [(1, False), (2, False), (3, False), (4, True)]
     first = await governance.add_prompt_version(db, "new-key", system_prompt="p", dms_tags=[])
     assert (first.version, first.user_template) == (1, None)
 
 
 async def test_an_invalid_prompt_version_is_not_added(db: Database) -> None:
     with pytest.raises(InvalidPrompt) as raised:
-        await governance.add_prompt_version(db, KEY, system_prompt="v2", dms_tags=["ok", "  "])
+        await governance.add_prompt_version(db, KEY, system_prompt="v3", dms_tags=["ok", "  "])
     assert raised.value.field == "dms_tags"
-    assert await _versions(db) == [(1, True)]
+    assert await _versions(db) == [(1, False), (2, True)]
 
 
 async def test_activation_swaps_the_active_version(db: Database) -> None:
-    await governance.add_prompt_version(db, KEY, system_prompt="v2")
-    await governance.activate_prompt(db, KEY, 2)
-    assert await _versions(db) == [(1, False), (2, True)]
-    await governance.activate_prompt(db, KEY, 2)  # idempotent
+    await governance.add_prompt_version(db, KEY, system_prompt="v3")
+    await governance.activate_prompt(db, KEY, 3)
+    assert await _versions(db) == [(1, False), (2, False), (3, True)]
+    await governance.activate_prompt(db, KEY, 3)  # idempotent
     await governance.activate_prompt(db, KEY, 1)
-    assert await _versions(db) == [(1, True), (2, False)]
+    assert await _versions(db) == [(1, True), (2, False), (3, False)]
     with pytest.raises(PromptVersionNotFound):
         await governance.activate_prompt(db, KEY, 7)
-    assert await _versions(db) == [(1, True), (2, False)]
+    assert await _versions(db) == [(1, True), (2, False), (3, False)]
 
 
 async def test_concurrent_activations_leave_exactly_one_active(db: Database) -> None:
-    for number in range(2, 7):
+    for number in range(3, 7):
         await governance.add_prompt_version(db, KEY, system_prompt=f"v{number}")
     # Each activation runs in its own session and connection, all at once.
     activated = await asyncio.gather(
@@ -169,9 +170,9 @@ async def _fresh_with_three_versions(postgres_url: str) -> AsyncIterator[Databas
     db = Database.from_url(postgres_url)
     try:
         await migrate.downgrade(db.engine, "base")
-        await migrate.upgrade(db.engine)
-        await governance.add_prompt_version(db, KEY, system_prompt="v2")
+        await migrate.upgrade(db.engine)  # seeds versions 1 and 2
         await governance.add_prompt_version(db, KEY, system_prompt="v3")
+        await governance.activate_prompt(db, KEY, 1)
         yield db
     finally:
         await db.dispose()

@@ -18,6 +18,7 @@ from backend_client.resolver import SnapshotResolver
 pytestmark = pytest.mark.asyncio(loop_scope="session")
 
 TABLES = {"ai_execution_profiles", "ai_prompts"}
+HEAD = "0002"
 
 
 def _tables(connection: Connection) -> set[str]:
@@ -28,7 +29,7 @@ async def test_upgrade_creates_tables_and_downgrade_removes_them(bare_db: Databa
     async with bare_db.engine.connect() as connection:
         assert not TABLES & await connection.run_sync(_tables)
     await migrate.upgrade(bare_db.engine)
-    assert await migrate.current_revision(bare_db.engine) == "0001"
+    assert await migrate.current_revision(bare_db.engine) == HEAD
     async with bare_db.engine.connect() as connection:
         assert await connection.run_sync(_tables) >= TABLES
     await migrate.downgrade(bare_db.engine, "base")
@@ -37,7 +38,7 @@ async def test_upgrade_creates_tables_and_downgrade_removes_them(bare_db: Databa
         assert not TABLES & await connection.run_sync(_tables)
     # ...and back up again: the downgrade left nothing behind that blocks a new upgrade.
     await migrate.upgrade(bare_db.engine)
-    assert await migrate.current_revision(bare_db.engine) == "0001"
+    assert await migrate.current_revision(bare_db.engine) == HEAD
 
 
 def _schema_diff(connection: Connection) -> list[object]:
@@ -76,13 +77,13 @@ async def _insert_prompt(db: Database, key: str, version: int, active: bool) -> 
 
 
 async def test_a_second_active_version_of_a_key_is_refused_by_the_database(db: Database) -> None:
-    await _insert_prompt(db, "ocr-extract", 2, active=False)  # inactive versions: any number
-    await _insert_prompt(db, "ocr-extract", 3, active=False)
+    await _insert_prompt(db, "ocr-extract", 3, active=False)  # inactive versions: any number
+    await _insert_prompt(db, "ocr-extract", 4, active=False)
     await _insert_prompt(db, "other-key", 1, active=True)  # one active per key, not per table
     # PostgreSQL names the index; SQLite names its single column (not prompt_key, version).
     refused_by_index = rf"{ONE_ACTIVE_PROMPT_INDEX}|failed: ai_prompts\.prompt_key\n"
     with pytest.raises(IntegrityError, match=refused_by_index):
-        await _insert_prompt(db, "ocr-extract", 4, active=True)
+        await _insert_prompt(db, "ocr-extract", 5, active=True)
     with pytest.raises(IntegrityError):
         async with db.transaction() as session:
             await session.execute(
@@ -111,7 +112,7 @@ async def test_seed_resolves_into_a_valid_typhoon_job(db: Database) -> None:
     # num_ctx must leave room for image (~2.2k tokens) + prompt after max_tokens.
     assert snapshot.profile.max_tokens is not None
     assert snapshot.profile.max_tokens + 2500 <= snapshot.profile.options["num_ctx"]
-    assert snapshot.prompt.version == 1
+    assert snapshot.prompt.version == 2  # migration 0002: Typhoon's own instruction
     assert "{{dms_tags}}" in snapshot.prompt.system_prompt
     assert snapshot.prompt.user_template is not None
     assert snapshot.prompt.user_template.startswith("Extract all text from the image.")
