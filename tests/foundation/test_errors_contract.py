@@ -121,9 +121,9 @@ def test_library_logs_go_through_the_json_handler() -> None:
         root.setLevel(saved_level)
 
 
-def test_readme_documents_exactly_the_codes_the_sidecar_uses() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    table = readme.split("| status | code |", 1)[1].split("\n\n", 1)[0]
+def test_api_docs_document_exactly_the_codes_the_sidecar_uses() -> None:
+    api = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text(encoding="utf-8")
+    table = api.split("| status | code |", 1)[1].split("\n\n", 1)[0]
     documented = {
         code: int(row.split("|")[1])
         for row in table.splitlines()[2:]
