@@ -8,6 +8,8 @@ and the `request_id` to look the job up in the sidecar's logs.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 
 class BackendError(Exception):
     """Base of every error `backend_client` raises on purpose."""
@@ -71,8 +73,17 @@ class InvalidJobRequest(BackendError):
     """The caller's part of the job (pages, document) is invalid; nothing was sent."""
 
 
+class DatabaseConflict(DatabaseError):
+    """A write broke a unique constraint (e.g. two writers added the same prompt version)."""
+
+
 class SidecarError(BackendError):
-    """The sidecar answered with an error, or could not be reached."""
+    """The sidecar answered with an error, or could not be reached.
+
+    Every documented problem `code` has its own subclass (`ERROR_TYPES`); a code this client does
+    not know yet stays a plain `SidecarError` with the `code` attribute set."""
+
+    CODE: ClassVar[str | None] = None
 
     def __init__(
         self, code: str, detail: str, *, status: int | None = None, request_id: str | None = None
@@ -86,12 +97,15 @@ class SidecarError(BackendError):
         self.request_id = request_id
 
 
+# Families a caller can catch at once; the per-code classes below derive from them.
+
+
 class SidecarUnreachable(SidecarError):
     """No connection could be made (after retries)."""
 
 
 class SidecarProtocolError(SidecarError):
-    """The answer was not the documented JSON (a proxy page, a truncated body, ...)."""
+    """The answer was not the documented JSON (a proxy page, a truncated body or stream, ...)."""
 
 
 class SidecarAuthError(SidecarError):
@@ -103,45 +117,132 @@ class SidecarDocumentError(SidecarError):
 
 
 class SidecarValidationError(SidecarError):
-    """The sidecar refused the job's values (422)."""
-
-
-class SidecarOverloaded(SidecarError):
-    """429: the sidecar's queue stayed full through every retry."""
+    """The sidecar refused the request's values (413 for inputs, 422)."""
 
 
 class SidecarUnavailable(SidecarError):
     """503: Ollama down or the sidecar not ready, through every retry."""
 
 
+class SidecarUpstreamError(SidecarError):
+    """5xx other than 503: Ollama timed out or answered badly, the job's deadline passed, or the
+    sidecar failed."""
+
+
+class SidecarRoutingError(SidecarError):
+    """404/405 on a route: the client and the sidecar disagree about the API (wrong URL)."""
+
+
+# One class per documented code (sidecar.error_codes.CODES); a test keeps the two in step.
+
+
+class Unauthorized(SidecarAuthError):
+    CODE = "unauthorized"
+
+
+class ForbiddenNetwork(SidecarAuthError):
+    CODE = "forbidden_network"
+
+
+class PathForbidden(SidecarDocumentError):
+    CODE = "path_forbidden"
+
+
+class DocumentNotFound(SidecarDocumentError):
+    CODE = "document_not_found"
+
+
+class RouteNotFound(SidecarRoutingError):
+    CODE = "not_found"
+
+
+class MethodNotAllowed(SidecarRoutingError):
+    CODE = "method_not_allowed"
+
+
+class PayloadTooLarge(SidecarDocumentError):
+    CODE = "payload_too_large"
+
+
+class TooManyPages(SidecarDocumentError):
+    CODE = "too_many_pages"
+
+
+class TooManyInputs(SidecarValidationError):
+    CODE = "too_many_inputs"
+
+
+class InputTooLong(SidecarValidationError):
+    CODE = "input_too_long"
+
+
+class UnsupportedMediaType(SidecarDocumentError):
+    CODE = "unsupported_media_type"
+
+
+class RequestInvalid(SidecarValidationError):
+    CODE = "validation_error"
+
+
+class KeepAliveNotAllowed(SidecarValidationError):
+    CODE = "keep_alive_not_allowed"
+
+
+class InvalidDocument(SidecarDocumentError):
+    CODE = "invalid_document"
+
+
 class ModelNotAvailable(SidecarError):
     """424: the profile names a model Ollama does not have (`ollama pull` it)."""
 
-
-class SidecarUpstreamError(SidecarError):
-    """5xx other than 503: Ollama timed out or answered badly, or the sidecar failed."""
+    CODE = "model_not_available"
 
 
-# The sidecar's documented codes (sidecar/errors.py CODES) → the exception a caller catches.
-ERROR_TYPES: dict[str, type[SidecarError]] = {
-    "unauthorized": SidecarAuthError,
-    "forbidden_network": SidecarAuthError,
-    "path_forbidden": SidecarDocumentError,
-    "document_not_found": SidecarDocumentError,
-    "payload_too_large": SidecarDocumentError,
-    "too_many_pages": SidecarDocumentError,
-    "unsupported_media_type": SidecarDocumentError,
-    "invalid_document": SidecarDocumentError,
-    "validation_error": SidecarValidationError,
-    "keep_alive_not_allowed": SidecarValidationError,
-    "overloaded": SidecarOverloaded,
-    "ollama_unavailable": SidecarUnavailable,
-    "not_ready": SidecarUnavailable,
-    "model_not_available": ModelNotAvailable,
-    "ollama_bad_response": SidecarUpstreamError,
-    "ollama_timeout": SidecarUpstreamError,
-    "internal_error": SidecarUpstreamError,
-}
+class SidecarOverloaded(SidecarError):
+    """429: the sidecar's queue stayed full through every retry."""
+
+    CODE = "overloaded"
+
+
+class SidecarInternalError(SidecarUpstreamError):
+    CODE = "internal_error"
+
+
+class OllamaBadResponse(SidecarUpstreamError):
+    CODE = "ollama_bad_response"
+
+
+class OllamaUnavailable(SidecarUnavailable):
+    CODE = "ollama_unavailable"
+
+
+class SidecarNotReady(SidecarUnavailable):
+    CODE = "not_ready"
+
+
+class OllamaTimeout(SidecarUpstreamError):
+    CODE = "ollama_timeout"
+
+
+class JobTimeout(SidecarUpstreamError):
+    """504: the job's deadline (OCR_JOB_TIMEOUT_S) passed before any page was done."""
+
+    CODE = "job_timeout"
+
+
+def _per_code_classes() -> dict[str, type[SidecarError]]:
+    found: dict[str, type[SidecarError]] = {}
+    pending = list(SidecarError.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.__dict__.get("CODE") is not None:  # declared here, not inherited
+            found[cls.CODE] = cls
+    return found
+
+
+# The documented code → the exception a caller catches.
+ERROR_TYPES: dict[str, type[SidecarError]] = _per_code_classes()
 
 
 def sidecar_error(

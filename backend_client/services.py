@@ -1,21 +1,24 @@
 """What the existing backend calls: production OCR and the sandbox, over one resolver and client.
 
-`OcrService.extract` resolves the profile and active prompt fresh for the job, then sends it.
-`SandboxOcrEngineService.run` starts from the same stored rows, applies a draft prompt and/or
-profile edits in memory, validates them exactly like stored rows, sends the job, and reports what
-differs from the active version. It never writes to the database.
+`OcrService.extract` resolves the profile and active prompt fresh for the job, then sends it as
+one job (one request for the whole document). `OcrService.retry_failed` sends only the pages a
+partial result lacks and merges them in. `SandboxOcrEngineService.run` starts from the same stored
+rows, applies a draft prompt and/or profile edits in memory, validates them exactly like stored
+rows, sends the job, and reports what differs from the active version; it never writes to the
+database. With a page callback, both stream the job and call it with each page as it arrives.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from backend_client.client import SidecarClient, new_request_id
-from backend_client.documents import Document, DocumentPath, DocumentUpload
-from backend_client.errors import ActivePromptUnavailable
+from backend_client.documents import Document, DocumentUpload
+from backend_client.errors import ActivePromptUnavailable, InvalidJobRequest
 from backend_client.resolver import SnapshotResolver, StoredRows
 from backend_client.snapshot import (
     OCR_PROFILE_NAME,
@@ -60,16 +63,44 @@ class OcrService(_ResolvedOcr):
         request_id: str | None = None,
         on_page: PageCallback | None = None,
     ) -> OcrResponse:
-        """OCR `document` with the parameters stored right now.
+        """OCR `document` with the parameters stored right now, as one job.
 
-        With `on_page` and several known pages of a path-mode document, pages are sent one request
-        each (same snapshot, request ids `ID.pN`) so the callback sees every page as it finishes;
-        otherwise the whole job is one request and the callback runs once per returned page.
+        With `on_page` the job is streamed and the callback sees every page as it finishes.
+        The result may be partial (`complete` false, failed pages with `error`): see
+        `retry_failed`.
         """
         snapshot = await self.resolver.resolve(self.profile_name, self.prompt_key)
         return await send_job(
             self.client, snapshot, document, pages=pages, request_id=request_id, on_page=on_page
         )
+
+    async def retry_failed(
+        self,
+        document: Document,
+        result: OcrResponse,
+        *,
+        request_id: str | None = None,
+        on_page: PageCallback | None = None,
+    ) -> OcrResponse:
+        """`result` with its failed pages sent again, and only those (one job); the pages that
+        succeeded are kept as they are. Refused when the active prompt has changed since, so one
+        document's pages never mix prompt versions."""
+        pages = failed_pages(result)
+        if not pages:
+            return result
+        snapshot = await self.resolver.resolve(self.profile_name, self.prompt_key)
+        if (snapshot.prompt.id, snapshot.prompt.version) != (
+            result.prompt.id,
+            result.prompt.version,
+        ):
+            raise InvalidJobRequest(
+                f"the active prompt is now version {snapshot.prompt.version}, the result used "
+                f"version {result.prompt.version}: OCR the whole document again"
+            )
+        retried = await send_job(
+            self.client, snapshot, document, pages=pages, request_id=request_id, on_page=on_page
+        )
+        return merge_retried_pages(result, retried)
 
 
 async def send_job(
@@ -81,44 +112,38 @@ async def send_job(
     request_id: str | None = None,
     on_page: PageCallback | None = None,
 ) -> OcrResponse:
+    """One job, one request: streamed when there is a callback to feed, else one answer."""
+    job = snapshot.job(pages)  # validates the caller's pages before anything is sent
     request_id = request_id or new_request_id()
-    snapshot.job(pages)  # validate the caller's pages before anything is sent
-    page_by_page = (
-        on_page is not None and isinstance(document, DocumentPath) and pages and len(pages) > 1
-    )
-    if not page_by_page:
-        response = await client.ocr(snapshot.job(pages), document, request_id=request_id)
-        for page in response.pages:
-            if on_page is not None:
-                on_page(page)
-        return response
-    assert pages is not None and on_page is not None
-    parts = []
-    for number in pages:
-        part = await client.ocr(
-            snapshot.job([number]), document, request_id=f"{request_id}.p{number}"
-        )
-        for page in part.pages:
+    if on_page is None:
+        return await client.ocr(job, document, request_id=request_id)
+    async with client.ocr_stream(job, document, request_id=request_id) as stream:
+        async for page in stream:
             on_page(page)
-        parts.append(part)
-    return merge_page_responses(request_id, parts)
+    return stream.response()
 
 
-def merge_page_responses(request_id: str, parts: Sequence[OcrResponse]) -> OcrResponse:
-    """One response for a document sent page by page: pages in order, timings added up."""
-    last = parts[-1]
-    return OcrResponse(
-        request_id=request_id,
-        model=last.model,
-        pages=[page for part in parts for page in part.pages],
-        residency=last.residency,
-        params_sent=last.params_sent,
-        prompt=last.prompt,
-        timings=OcrTimings(
-            queue_ms=sum(part.timings.queue_ms for part in parts),
-            render_ms=sum(part.timings.render_ms for part in parts),
-            total_ms=sum(part.timings.total_ms for part in parts),
-        ),
+def failed_pages(result: OcrResponse) -> list[int]:
+    """Pages that have no text because they failed (not pages the model cut short)."""
+    return [page.page for page in result.pages if page.error is not None]
+
+
+def merge_retried_pages(original: OcrResponse, retried: OcrResponse) -> OcrResponse:
+    """`original` with each page of `retried` in its place; timings add up."""
+    by_number = {page.page: page for page in retried.pages}
+    pages = [by_number.get(page.page, page) for page in original.pages]
+    timings = OcrTimings(
+        queue_ms=original.timings.queue_ms + retried.timings.queue_ms,
+        render_ms=original.timings.render_ms + retried.timings.render_ms,
+        total_ms=original.timings.total_ms + retried.timings.total_ms,
+    )
+    return original.model_copy(
+        update={
+            "pages": pages,
+            "complete": all(page.complete for page in pages),
+            "residency": retried.residency,
+            "timings": timings,
+        }
     )
 
 
@@ -179,8 +204,13 @@ class SandboxOcrEngineService(_ResolvedOcr):
         *,
         pages: Sequence[int] | None = None,
         request_id: str | None = None,
+        on_page: PageCallback | None = None,
     ) -> SandboxResult:
-        document = file if isinstance(file, DocumentUpload) else DocumentUpload.from_file(file)
+        document = (
+            file
+            if isinstance(file, DocumentUpload)
+            else await asyncio.to_thread(DocumentUpload.from_file, file)  # keep the loop free
+        )
         draft = (
             PromptDraft(system_prompt=draft_prompt)
             if isinstance(draft_prompt, str)
@@ -188,7 +218,9 @@ class SandboxOcrEngineService(_ResolvedOcr):
         )
         stored = await self.resolver.read(self.profile_name, self.prompt_key)
         snapshot = sandbox_snapshot(stored, draft, profile_edits or {})
-        result = await send_job(self.client, snapshot, document, pages=pages, request_id=request_id)
+        result = await send_job(
+            self.client, snapshot, document, pages=pages, request_id=request_id, on_page=on_page
+        )
         return SandboxResult(
             result=result,
             snapshot=snapshot,

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from backend_client.errors import InvalidJobRequest, InvalidProfile, InvalidPrompt
 from sidecar.option_rules import OptionError, build_options
-from sidecar.schemas import DocumentSource, OcrJob, OcrProfile, OcrPrompt, OcrRequest
+from sidecar.schemas import OcrJob, OcrProfile, OcrPrompt
 
 OCR_PROFILE_NAME = "ocr-extract"
 OCR_PROMPT_KEY = "ocr-extract"
@@ -50,14 +50,6 @@ class JobSnapshot:
             )
         except ValidationError as exc:
             raise InvalidJobRequest(_first_error(exc, "job")) from None
-
-    def request(self, path: str, pages: Sequence[int] | None = None) -> OcrRequest:
-        """The JSON body of `POST /ocr` in path mode."""
-        job = self.job(pages)
-        try:
-            return OcrRequest(source=DocumentSource(path=path), **dict(job))
-        except ValidationError as exc:
-            raise InvalidJobRequest(_first_error(exc, "source")) from None
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -1,8 +1,9 @@
-"""A stand-in for the sidecar's `POST /ocr` on a real socket: records every request it receives
-and answers either a scripted failure or a well-formed `OcrResponse` built from the job.
+"""A stand-in for the sidecar's `POST /ocr`, `/embed` and `/rerank` on a real socket: records every
+request it receives and answers either a scripted failure or a well-formed answer built from the
+request (`OcrResponse`, or the NDJSON stream when asked with `Accept: application/x-ndjson`).
 
-It validates bodies with the real `sidecar.schemas`, so a request it accepts is one the real
-sidecar's schema accepts too.
+It validates bodies and answers with the real `sidecar.schemas`, so a request it accepts is one
+the real sidecar's schema accepts too, and its answers are ones the real models parse.
 """
 
 from __future__ import annotations
@@ -13,10 +14,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.datastructures import UploadFile
 
-from sidecar.schemas import OcrJob, OcrRequest
+from sidecar.schemas import (
+    EmbedRequest,
+    EmbedResponse,
+    OcrJob,
+    OcrRequest,
+    OcrResponse,
+    RerankRequest,
+    RerankResponse,
+)
+
+NDJSON = "application/x-ndjson"
 
 
 @dataclass
@@ -27,6 +38,7 @@ class Recorded:
     path: str | None = None
     upload: bytes | None = None
     upload_name: str | None = None
+    route: str = "/ocr"
 
 
 @dataclass
@@ -54,16 +66,33 @@ class RecordingSidecar:
     def __init__(self) -> None:
         self.app = FastAPI()
         self.app.add_api_route("/ocr", self._ocr, methods=["POST"])
+        self.app.add_api_route("/embed", self._embed, methods=["POST"])
+        self.app.add_api_route("/rerank", self._rerank, methods=["POST"])
         self._lock = threading.Lock()
         self.requests: list[Recorded] = []
         self.script: list[Scripted] = []
+        self.failing_pages: dict[int, int] = {}
+        self.stream_error_after: int | None = None
         self.url = ""
 
     def reset(self, url: str) -> None:
         with self._lock:
             self.requests.clear()
             self.script.clear()
+            self.failing_pages.clear()
+            self.stream_error_after = None
             self.url = url
+
+    def fail_pages(self, *pages: int, times: int = 1) -> None:
+        """These pages come back with `text: null` and an `ollama_timeout` error, `times` jobs
+        in a row (a partial result, as the real sidecar gives after an earlier page succeeded)."""
+        with self._lock:
+            self.failing_pages.update(dict.fromkeys(pages, times))
+
+    def end_stream_with_error_after(self, pages: int) -> None:
+        """The next NDJSON streams send `pages` page lines, then an `error` line."""
+        with self._lock:
+            self.stream_error_after = pages
 
     def fail_next(self, *answers: Scripted) -> None:
         """The next requests get these answers, in order; later ones succeed."""
@@ -77,24 +106,70 @@ class RecordingSidecar:
 
     async def _ocr(self, request: Request) -> Response:
         recorded = await self._record(request)
-        with self._lock:
-            self.requests.append(recorded)
-            scripted = self.script.pop(0) if self.script else None
+        scripted = self._log(recorded)
         request_id = request.headers.get("x-request-id", "")
         if scripted is not None:
-            headers = {"X-Request-ID": request_id, **scripted.headers}
-            if scripted.raw is not None:
-                return Response(scripted.raw, status_code=scripted.status, headers=headers)
-            return JSONResponse(
-                scripted.body,
-                status_code=scripted.status,
-                headers=headers,
-                media_type="application/problem+json" if scripted.status >= 400 else None,
-            )
-        return JSONResponse(ocr_answer(recorded, request_id), headers={"X-Request-ID": request_id})
+            return _scripted_answer(scripted, request_id)
+        with self._lock:
+            answer = ocr_answer(recorded, request_id, self._failed_now(recorded))
+            error_after = self.stream_error_after
+        headers = {"X-Request-ID": request_id}
+        if NDJSON in request.headers.get("accept", ""):
+            lines = ndjson_lines(answer, error_after)
+            return StreamingResponse(iter(lines), media_type=NDJSON, headers=headers)
+        return JSONResponse(answer, headers=headers)
+
+    async def _embed(self, request: Request) -> Response:
+        body = await request.json()
+        scripted = self._log(Recorded(_headers(request), body, route="/embed"))
+        if scripted is not None:
+            return _scripted_answer(scripted, request.headers.get("x-request-id", ""))
+        parsed = EmbedRequest.model_validate(body)
+        answer = {
+            "model": "fake-embedder",
+            "device": "cpu",
+            "dense": [[float(len(text)), 1.0] for text in parsed.inputs],
+            "sparse": [{"1": 0.5} for _ in parsed.inputs] if parsed.return_sparse else None,
+            "usage": {"tokens": sum(len(text.split()) for text in parsed.inputs)},
+        }
+        return JSONResponse(EmbedResponse.model_validate(answer).model_dump(mode="json"))
+
+    async def _rerank(self, request: Request) -> Response:
+        body = await request.json()
+        scripted = self._log(Recorded(_headers(request), body, route="/rerank"))
+        if scripted is not None:
+            return _scripted_answer(scripted, request.headers.get("x-request-id", ""))
+        parsed = RerankRequest.model_validate(body)
+        # score: how many query words the text holds; ties keep input order
+        words = set(parsed.query.split())
+        scored = sorted(
+            enumerate(parsed.texts), key=lambda item: -len(words & set(item[1].split()))
+        )[: parsed.top_n]
+        results = [
+            {
+                "index": index,
+                "score": float(len(words & set(text.split()))),
+                **({"text": text} if parsed.return_text else {}),
+            }
+            for index, text in scored
+        ]
+        answer = {"model": "fake-reranker", "device": "cpu", "results": results}
+        return JSONResponse(RerankResponse.model_validate(answer).model_dump(mode="json"))
+
+    def _log(self, recorded: Recorded) -> Scripted | None:
+        with self._lock:
+            self.requests.append(recorded)
+            return self.script.pop(0) if self.script else None
+
+    def _failed_now(self, recorded: Recorded) -> set[int]:
+        """Pages of this job scripted to fail (caller holds the lock); uses one of their turns."""
+        failed = {page for page in recorded.job.get("pages") or [1] if self.failing_pages.get(page)}
+        for page in failed:
+            self.failing_pages[page] -= 1
+        return failed
 
     async def _record(self, request: Request) -> Recorded:
-        headers = {key.lower(): value for key, value in request.headers.items()}
+        headers = _headers(request)
         if headers.get("content-type", "").startswith("multipart/form-data"):
             form = await request.form()
             upload = form["file"]
@@ -107,32 +182,69 @@ class RecordingSidecar:
         return Recorded(headers, body, path=body["source"]["path"])
 
 
-def ocr_answer(recorded: Recorded, request_id: str) -> dict[str, Any]:
-    """What the real sidecar would answer for this job (one page per requested page)."""
+def _headers(request: Request) -> dict[str, str]:
+    return {key.lower(): value for key, value in request.headers.items()}
+
+
+def _scripted_answer(scripted: Scripted, request_id: str) -> Response:
+    headers = {"X-Request-ID": request_id, **scripted.headers}
+    if scripted.raw is not None:
+        return Response(scripted.raw, status_code=scripted.status, headers=headers)
+    return JSONResponse(
+        scripted.body,
+        status_code=scripted.status,
+        headers=headers,
+        media_type="application/problem+json" if scripted.status >= 400 else None,
+    )
+
+
+def _page(number: int, failed: bool) -> dict[str, Any]:
+    if failed:
+        error = {"code": "ollama_timeout", "detail": f"page {number}: Ollama timed out"}
+        return {"page": number, "text": None, "complete": False, "duration_ms": 9, "error": error}
+    return {
+        "page": number,
+        "text": f"text of page {number}",
+        "complete": True,
+        "done_reason": "stop",
+        "duration_ms": 5,
+    }
+
+
+def ocr_answer(
+    recorded: Recorded, request_id: str, failed: set[int] | None = None
+) -> dict[str, Any]:
+    """What the real sidecar would answer for this job (one page per requested page); pages in
+    `failed` come back as the partial-result entries of DESIGN.md §4."""
     job = recorded.job
     profile = job["profile"]
     pages = job.get("pages") or [1]
+    failed = failed or set()
     params = {
         "temperature": profile.get("temperature"),
         "top_p": profile.get("top_p"),
         "repeat_penalty": profile.get("repeat_penalty"),
         "num_predict": profile.get("max_tokens"),
     }
-    return {
+    answer = {
         "request_id": request_id,
         "model": profile["model"],
-        "pages": [
-            {
-                "page": page,
-                "text": f"text of page {page}",
-                "complete": True,
-                "done_reason": "stop",
-                "duration_ms": 5,
-            }
-            for page in pages
-        ],
-        "residency": {"keep_alive": "0s", "reason": "vram unknown"},
+        "pages": [_page(page, page in failed) for page in pages],
+        "complete": not failed,
+        "residency": {"keep_alive": "0s", "rule": "vram_unknown", "reason": "vram unknown"},
         "params_sent": {key: value for key, value in params.items() if value is not None},
         "prompt": {"id": job["prompt"].get("id"), "version": job["prompt"].get("version")},
         "timings": {"queue_ms": 0, "render_ms": 1, "total_ms": 7},
     }
+    return OcrResponse.model_validate(answer).model_dump(mode="json")
+
+
+def ndjson_lines(answer: dict[str, Any], error_after: int | None) -> list[bytes]:
+    """The streamed form of `answer`: page lines, then `done` (or `error` after `error_after`)."""
+    pages = answer["pages"] if error_after is None else answer["pages"][:error_after]
+    lines = [{"event": "page", **page} for page in pages]
+    if error_after is None:
+        lines.append({"event": "done", **{k: v for k, v in answer.items() if k != "pages"}})
+    else:
+        lines.append({"event": "error", **problem(504, "job_timeout", "deadline passed")})
+    return [json.dumps(line).encode() + b"\n" for line in lines]

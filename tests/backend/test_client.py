@@ -11,6 +11,7 @@ import pytest
 from backend_client.client import SidecarClient
 from backend_client.documents import DocumentPath, DocumentUpload
 from backend_client.errors import (
+    ERROR_TYPES,
     ModelNotAvailable,
     SidecarAuthError,
     SidecarDocumentError,
@@ -24,6 +25,7 @@ from backend_client.errors import (
 )
 from backend_client.retry import RetryPolicy
 from backend_client.snapshot import JobSnapshot
+from sidecar.error_codes import CODES
 from sidecar.schemas import OcrJob, OcrProfile, OcrPrompt
 from tests.backend.conftest import SleepRecorder
 from tests.backend.fake_sidecar import RecordingSidecar, Scripted, problem
@@ -94,23 +96,32 @@ async def test_retries_stop_after_the_last_attempt_with_the_typed_error(
     assert "Ollama is down" in str(error)
 
 
+# Every documented code but the two retried statuses, each with its own class and family.
+FAMILIES = {
+    "unauthorized": SidecarAuthError,
+    "forbidden_network": SidecarAuthError,
+    "path_forbidden": SidecarDocumentError,
+    "document_not_found": SidecarDocumentError,
+    "too_many_pages": SidecarDocumentError,
+    "unsupported_media_type": SidecarDocumentError,
+    "validation_error": SidecarValidationError,
+    "keep_alive_not_allowed": SidecarValidationError,
+    "model_not_available": ModelNotAvailable,
+    "internal_error": SidecarUpstreamError,
+    "ollama_bad_response": SidecarUpstreamError,
+    "ollama_timeout": SidecarUpstreamError,
+    "job_timeout": SidecarUpstreamError,
+}
+NOT_RETRIED = [
+    (status, code, ERROR_TYPES[code])
+    for code, (status, _title) in CODES.items()
+    if status not in (429, 503)
+]
+
+
 @pytest.mark.parametrize(
     ("status", "code", "error_type"),
-    [
-        (401, "unauthorized", SidecarAuthError),
-        (403, "forbidden_network", SidecarAuthError),
-        (403, "path_forbidden", SidecarDocumentError),
-        (404, "document_not_found", SidecarDocumentError),
-        (413, "too_many_pages", SidecarDocumentError),
-        (415, "unsupported_media_type", SidecarDocumentError),
-        (422, "validation_error", SidecarValidationError),
-        (422, "keep_alive_not_allowed", SidecarValidationError),
-        (424, "model_not_available", ModelNotAvailable),
-        (500, "internal_error", SidecarUpstreamError),
-        (502, "ollama_bad_response", SidecarUpstreamError),
-        (504, "ollama_timeout", SidecarUpstreamError),
-        (400, "some_future_code", SidecarError),
-    ],
+    [*NOT_RETRIED, (400, "some_future_code", SidecarError)],
 )
 async def test_other_errors_are_never_retried_and_are_typed(
     fake_sidecar: RecordingSidecar,
@@ -128,6 +139,7 @@ async def test_other_errors_are_never_retried_and_are_typed(
         with pytest.raises(error_type) as raised:
             await client.ocr(JOB, DOC, request_id="sent-rid")
     assert type(raised.value) is error_type
+    assert isinstance(raised.value, FAMILIES.get(code, SidecarError))
     assert (raised.value.code, raised.value.status) == (code, status)
     assert raised.value.request_id == "sidecar-rid"
     assert fake_sidecar.count == 1

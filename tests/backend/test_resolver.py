@@ -53,9 +53,9 @@ async def test_a_job_sends_the_stored_profile_and_active_prompt(
     assert (profile["temperature"], profile["top_p"], profile["repeat_penalty"]) == (0.1, 0.6, 1.1)
     assert profile["keep_alive"] == "5m"
     assert profile["options"] == {"num_ctx": 16384}
-    assert sent.job["prompt"]["version"] == 1
+    assert sent.job["prompt"]["version"] == 2  # the seeded active version (migration 0002)
     assert "{{dms_tags}}" in sent.job["prompt"]["system_prompt"]
-    assert response.prompt.version == 1
+    assert response.prompt.version == 2
 
 
 async def test_a_profile_change_reaches_the_very_next_job(
@@ -78,17 +78,17 @@ async def test_a_prompt_activation_reaches_the_very_next_job(
 ) -> None:
     await ocr_service.extract(DOC)
     added = await governance.add_prompt_version(
-        db, "ocr-extract", system_prompt="v2 {{dms_tags}}", dms_tags=["a", "b"]
+        db, "ocr-extract", system_prompt="v3 {{dms_tags}}", dms_tags=["a", "b"]
     )
-    await ocr_service.extract(DOC)  # added but not active yet: still version 1
+    await ocr_service.extract(DOC)  # added but not active yet: still version 2
     await governance.activate_prompt(db, "ocr-extract", added.version)
     await ocr_service.extract(DOC)
-    await _execute(db, "UPDATE ai_prompts SET is_active = false WHERE version = 2")
-    await _execute(db, "UPDATE ai_prompts SET is_active = true WHERE version = 1")
+    await _execute(db, "UPDATE ai_prompts SET is_active = false WHERE version = 3")
+    await _execute(db, "UPDATE ai_prompts SET is_active = true WHERE version = 2")
     await ocr_service.extract(DOC)  # rolled back by hand in SQL
     prompts = [request.job["prompt"] for request in fake_sidecar.requests]
-    assert [p["version"] for p in prompts] == [1, 1, 2, 1]
-    assert prompts[2]["system_prompt"] == "v2 {{dms_tags}}"
+    assert [p["version"] for p in prompts] == [2, 2, 3, 2]
+    assert prompts[2]["system_prompt"] == "v3 {{dms_tags}}"
     assert prompts[2]["dms_tags"] == ["a", "b"]
     # user_template was not given: the new version carries the active one's over.
     assert prompts[2]["user_template"] == prompts[0]["user_template"]
@@ -161,7 +161,7 @@ async def test_an_invalid_active_prompt_sends_nothing(
     with pytest.raises(InvalidPrompt) as raised:
         await ocr_service.extract(DOC)
     assert raised.value.field.startswith("dms_tags")
-    assert raised.value.version == 1
+    assert raised.value.version == 2
     assert fake_sidecar.count == 0
 
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from backend_client.errors import ERROR_TYPES
+from backend_client.errors import ERROR_TYPES, SidecarUnavailable
 from backend_client.retry import RetryPolicy, parse_retry_after
 from sidecar.errors import CODES
 
@@ -70,5 +70,12 @@ def test_policy_rejects_nonsense() -> None:
     assert math.isclose(RetryPolicy(initial_s=1, exp_base=2, jitter_s=0).wait_s(2000, None, 0), 10)
 
 
-def test_every_mapped_code_is_a_documented_sidecar_code() -> None:
-    assert set(ERROR_TYPES) <= set(CODES)
+def test_every_documented_code_has_its_own_exception_class() -> None:
+    # A code added to sidecar.error_codes without a class here fails this test.
+    assert set(ERROR_TYPES) == set(CODES)
+    assert len(set(ERROR_TYPES.values())) == len(CODES)
+    for code, error_type in ERROR_TYPES.items():
+        assert code == error_type.CODE
+        # the family matches the status: 5xx upstream/unavailable, 4xx the caller's side
+        status = CODES[code][0]
+        assert issubclass(error_type, SidecarUnavailable) == (status == 503), code

@@ -1,16 +1,31 @@
-"""OcrService page-by-page progress and the sandbox's draft handling, over the recording sidecar."""
+"""OcrService (one job per document, streamed pages, retrying failed pages) and the sandbox's draft
+handling, over the recording sidecar."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 
+from backend_client import governance
 from backend_client.client import SidecarClient
 from backend_client.db import Database
 from backend_client.documents import DocumentPath, DocumentUpload
-from backend_client.errors import ActivePromptUnavailable, InvalidProfile, InvalidPrompt
+from backend_client.errors import (
+    ActivePromptUnavailable,
+    InvalidJobRequest,
+    InvalidProfile,
+    InvalidPrompt,
+    JobTimeout,
+)
 from backend_client.resolver import SnapshotResolver
-from backend_client.services import OcrService, PromptDraft, SandboxOcrEngineService
+from backend_client.services import (
+    OcrService,
+    PromptDraft,
+    SandboxOcrEngineService,
+    failed_pages,
+)
 from sidecar.schemas import OcrPageResult
 from tests.backend.fake_sidecar import RecordingSidecar
 
@@ -31,30 +46,75 @@ async def _rows(db: Database) -> list[tuple[object, ...]]:
     return [tuple(row) for row in [*profile, *prompts]]
 
 
-async def test_pages_are_reported_one_by_one_with_one_snapshot(
-    db: Database, ocr_service: OcrService, fake_sidecar: RecordingSidecar
+async def test_a_document_is_one_streamed_job_and_pages_reach_the_callback(
+    ocr_service: OcrService, fake_sidecar: RecordingSidecar
 ) -> None:
     seen: list[OcrPageResult] = []
     response = await ocr_service.extract(
         DocumentPath("a.pdf"), pages=[3, 1, 2], request_id="doc-9", on_page=seen.append
     )
+    (sent,) = fake_sidecar.requests  # one job for the whole document, not one per page
+    assert sent.job["pages"] == [3, 1, 2]
+    assert sent.headers["x-request-id"] == "doc-9"
+    assert sent.headers["accept"] == "application/x-ndjson"
     assert [page.page for page in seen] == [3, 1, 2]
-    assert [page.page for page in response.pages] == [3, 1, 2]
-    assert response.request_id == "doc-9"
-    assert response.timings.total_ms == 3 * 7  # the fake reports 7 ms per request
-    requests = fake_sidecar.requests
-    assert [r.job["pages"] for r in requests] == [[3], [1], [2]]
-    assert [r.headers["x-request-id"] for r in requests] == ["doc-9.p3", "doc-9.p1", "doc-9.p2"]
-    assert len({str(r.job["profile"]) + str(r.job["prompt"]) for r in requests}) == 1
+    assert response.pages == seen
+    assert (response.request_id, response.complete) == ("doc-9", True)
 
 
-async def test_an_upload_is_one_request_even_with_a_page_callback(
+async def test_without_a_callback_the_answer_is_not_streamed(
     ocr_service: OcrService, fake_sidecar: RecordingSidecar
 ) -> None:
+    response = await ocr_service.extract(UPLOAD, pages=[1, 2])
+    (sent,) = fake_sidecar.requests
+    assert "ndjson" not in sent.headers.get("accept", "")
+    assert sent.upload == UPLOAD.content
+    assert [page.page for page in response.pages] == [1, 2]
+
+
+async def test_retry_failed_resends_only_the_failed_pages_and_merges_them(
+    ocr_service: OcrService, fake_sidecar: RecordingSidecar
+) -> None:
+    fake_sidecar.fail_pages(2, 4)
+    document = DocumentPath("long.pdf")
+    partial = await ocr_service.extract(document, pages=[1, 2, 3, 4])
+    assert not partial.complete
+    assert failed_pages(partial) == [2, 4]
+    assert [page.text is None for page in partial.pages] == [False, True, False, True]
     seen: list[OcrPageResult] = []
-    await ocr_service.extract(UPLOAD, pages=[1, 2], on_page=seen.append)
-    assert fake_sidecar.count == 1  # the bytes are not uploaded once per page
-    assert [page.page for page in seen] == [1, 2]
+    merged = await ocr_service.retry_failed(document, partial, on_page=seen.append)
+    assert [r.job["pages"] for r in fake_sidecar.requests] == [[1, 2, 3, 4], [2, 4]]
+    assert [page.page for page in seen] == [2, 4]
+    assert merged.complete
+    assert [page.text for page in merged.pages] == [f"text of page {n}" for n in (1, 2, 3, 4)]
+    assert merged.pages[0] == partial.pages[0]  # pages that succeeded are kept, not re-sent
+    assert merged.timings.total_ms == partial.timings.total_ms + 7  # the fake: 7 ms per job
+    # nothing left to retry: nothing is sent
+    assert await ocr_service.retry_failed(document, merged) == merged
+    assert fake_sidecar.count == 2
+
+
+async def test_retry_failed_refuses_to_mix_prompt_versions(
+    db: Database, ocr_service: OcrService, fake_sidecar: RecordingSidecar
+) -> None:
+    fake_sidecar.fail_pages(1)
+    document = DocumentPath("a.pdf")
+    partial = await ocr_service.extract(document, pages=[1, 2])
+    await governance.add_prompt_version(db, "ocr-extract", system_prompt="v3", activate=True)
+    with pytest.raises(InvalidJobRequest, match="version 3"):
+        await ocr_service.retry_failed(document, partial)
+    assert fake_sidecar.count == 1
+
+
+async def test_an_error_event_mid_stream_raises_its_typed_error(
+    ocr_service: OcrService, fake_sidecar: RecordingSidecar
+) -> None:
+    fake_sidecar.end_stream_with_error_after(1)
+    seen: list[OcrPageResult] = []
+    with pytest.raises(JobTimeout) as raised:
+        await ocr_service.extract(DocumentPath("a.pdf"), pages=[1, 2], on_page=seen.append)
+    assert [page.page for page in seen] == [1]  # the page that arrived was delivered
+    assert raised.value.code == "job_timeout"
 
 
 async def test_sandbox_sends_the_draft_reports_differences_and_saves_nothing(
@@ -69,7 +129,7 @@ async def test_sandbox_sends_the_draft_reports_differences_and_saves_nothing(
     assert sent.job["profile"]["top_p"] == 0.9
     assert sent.job["profile"]["options"] == {"num_ctx": 16384, "seed": 7}
     assert outcome.snapshot.prompt.system_prompt == "Only {{dms_tags}}"
-    assert outcome.active_version == 1
+    assert outcome.active_version == 2
     differences = {d.field: (d.active, d.sandbox) for d in outcome.differences}
     assert differences["profile.top_p"] == (0.6, 0.9)
     assert differences["profile.options.seed"] == (None, 7)
@@ -84,7 +144,20 @@ async def test_sandbox_without_changes_differs_in_nothing(
 ) -> None:
     outcome = await sandbox.run(UPLOAD)
     assert outcome.differences == ()
-    assert outcome.snapshot.prompt.version == 1
+    assert outcome.snapshot.prompt.version == 2
+
+
+async def test_sandbox_reads_a_file_and_streams_pages_to_the_callback(
+    tmp_path: Path, sandbox: SandboxOcrEngineService, fake_sidecar: RecordingSidecar
+) -> None:
+    scan = tmp_path / "scan.pdf"
+    scan.write_bytes(UPLOAD.content)
+    seen: list[OcrPageResult] = []
+    outcome = await sandbox.run(scan, pages=[1, 2], on_page=seen.append)
+    (sent,) = fake_sidecar.requests
+    assert (sent.upload, sent.upload_name) == (UPLOAD.content, "scan.pdf")
+    assert [page.page for page in seen] == [1, 2]
+    assert outcome.result.pages == seen
 
 
 @pytest.mark.parametrize(
