@@ -76,7 +76,7 @@ class Hog:
 def run(embed_name: str, rerank_name: str, settle_s: float) -> dict[str, Any]:
     from sidecar.devices import DeviceManager
     from sidecar.observability import Metrics
-    from sidecar.retrieval.embedder import EmbedItem
+    from sidecar.retrieval.items import EmbedItem
     from sidecar.retrieval.loading import load_embedder, load_reranker
     from sidecar.vram_monitor import NvmlVramMonitor
 

@@ -273,7 +273,7 @@ class Ceiling:
     """The model alone: bare forward passes over pre-tokenised texts, no HTTP, no batcher."""
 
     def __init__(self, embedder: Any, texts: list[str], round_size: int) -> None:
-        from sidecar.retrieval.embedder import EmbedItem
+        from sidecar.retrieval.items import EmbedItem
 
         self.embedder = embedder
         self.items = [EmbedItem(ids, False) for ids in embedder.tokenize(texts, True)]
@@ -405,7 +405,7 @@ def measure_batching(
 def measure_overhead(flag: Any, embedder: Any, sidecar: Sidecar, repeats: int) -> dict[str, Any]:
     import torch
 
-    from sidecar.retrieval.embedder import EmbedItem
+    from sidecar.retrieval.items import EmbedItem
 
     short = "Invoice total due"
     item = EmbedItem(embedder.tokenize([short], True)[0], want_sparse=False)

@@ -12,6 +12,12 @@ models are serialised by one manager lock, so each decision sees the VRAM the pr
 fp16 on the GPU, fp32 on the CPU, `torch.cuda.empty_cache()` after leaving the GPU. The CUDA
 probe, the GPU's torch device, the cache-emptying call and the clock are injectable so the mover is
 tested with real torch modules on a machine without CUDA; production uses the defaults.
+
+A move up also keeps `LLM_RESERVE_MIB` free for the OCR model while no priority model is loaded
+(`priority_loaded()` not True): once it is loaded its memory is already in the VRAM figure.
+
+torch is imported where it is used, never at import time: this module is imported by the model
+loading thread, so the server answers /live before torch has been read from disk.
 """
 
 from __future__ import annotations
@@ -21,9 +27,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
-
-import torch
+from typing import TYPE_CHECKING, TypeVar
 
 from sidecar.observability import Metrics
 from sidecar.placement_policy import (
@@ -33,12 +37,15 @@ from sidecar.placement_policy import (
     PlacementInputs,
     decide_placement,
 )
+from sidecar.units import MIB
 from sidecar.vram_monitor import VramMonitor
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger("sidecar.devices")
 
 T = TypeVar("T")
-MIB = 1024 * 1024
 
 # Activations of one micro-batch on top of the weights (16k tokens through a 24-layer encoder in
 # fp16 stay well under this).
@@ -60,6 +67,8 @@ class PlacedModel:
     """One torch module under placement. Hold `use()` while running a batch on it."""
 
     def __init__(self, name: str, module: torch.nn.Module, model_mib: int) -> None:
+        import torch
+
         self.name = name
         self.module = module
         self.model_mib = model_mib
@@ -99,22 +108,28 @@ class DeviceManager:
         pressure_pct: float = 85.0,
         headroom_mib: int = DEFAULT_HEADROOM_MIB,
         settle_s: float = DEFAULT_SETTLE_S,
-        cuda_available: Callable[[], bool] = torch.cuda.is_available,
+        llm_reserve_mib: int = 0,
+        priority_loaded: Callable[[], bool | None] = lambda: None,
+        cuda_available: Callable[[], bool] | None = None,
         gpu_device: str = "cuda",
-        gpu_dtype: torch.dtype = torch.float16,
-        empty_cache: Callable[[], None] = torch.cuda.empty_cache,
+        gpu_dtype: str = "float16",
+        empty_cache: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        import torch
+
         self.vram = vram
         self.metrics = metrics
         self.mode = mode
         self.pressure_pct = pressure_pct
         self.headroom_mib = headroom_mib
         self.settle_s = settle_s
-        self.cuda_available = cuda_available
+        self.llm_reserve_mib = llm_reserve_mib
+        self.priority_loaded = priority_loaded
+        self.cuda_available = cuda_available or torch.cuda.is_available
         self.gpu_device = torch.device(gpu_device)
-        self.gpu_dtype = gpu_dtype
-        self.empty_cache = empty_cache
+        self.gpu_dtype: torch.dtype = getattr(torch, gpu_dtype)
+        self.empty_cache = empty_cache or torch.cuda.empty_cache
         self.clock = clock
         self.models: list[PlacedModel] = []
         self._move_lock = threading.Lock()
@@ -128,12 +143,14 @@ class DeviceManager:
         return placed
 
     def _bytes_per_param(self) -> int:
-        return torch.tensor([], dtype=self.gpu_dtype).element_size()
+        return self.gpu_dtype.itemsize
 
     def decide(self, placed: PlacedModel, *, initial: bool = False) -> PlacementDecision:
         """The policy's answer for `placed` now; updates how long the GPU has fitted."""
         now = self.clock()
         cuda = self.cuda_available()
+        # A loaded priority model's memory is already in `used`; otherwise keep room for it.
+        reserve_mib = 0 if self.priority_loaded() is True else self.llm_reserve_mib
         inputs = PlacementInputs(
             mode=self.mode,
             cuda_available=cuda,
@@ -145,6 +162,7 @@ class DeviceManager:
             current=placed.device,
             fit_held_s=0.0 if placed.fit_since is None else now - placed.fit_since,
             settle_s=0.0 if initial else self.settle_s,
+            reserve_mib=reserve_mib,
         )
         decision = decide_placement(inputs)
         if not decision.gpu_fits:
@@ -172,6 +190,8 @@ class DeviceManager:
 
     def run(self, placed: PlacedModel, work: Callable[[torch.device], T]) -> tuple[T, Device, str]:
         """Run one batch where `placed` sits; on CUDA OOM move it to the CPU and run it there."""
+        import torch
+
         with placed.use():
             device = placed.device
             try:
@@ -188,6 +208,8 @@ class DeviceManager:
             self.reconcile(placed)
 
     def _move(self, placed: PlacedModel, target: Device) -> None:
+        import torch
+
         leaving_gpu = placed.device == "cuda" and target == "cpu"
         torch_device = self.gpu_device if target == "cuda" else torch.device("cpu")
         dtype = self.gpu_dtype if target == "cuda" else torch.float32

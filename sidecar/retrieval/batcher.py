@@ -6,8 +6,15 @@ little), cuts it into micro-batches whose padded size `items × longest` stays w
 `max_batch_tokens`, runs each batch and scatters the outputs back to the requests they came from,
 one event-loop wake-up per batch. While a round runs, new requests queue up and form the next
 round. A lone request runs at once; only when the last round was bigger than what is queued does a
-round wait (at most `max_wait_s`) for stragglers. The queue is bounded in items; a request that
-does not fit is refused (`Overloaded`, answered 429 with `Retry-After`).
+round wait (at most `max_wait_s`) for stragglers.
+
+The queue is bounded in items, counting the items of requests still being prepared (tokenised,
+see `admission`) as well as those queued: `is_overloaded` is the one test, and a request that does
+not fit is refused with `sidecar.errors.Overloaded` (429 with `Retry-After`) before any work.
+
+A request's `finish` turns its outputs into the reply (for the routes: the response bytes) here in
+the worker thread, as Infinity post-processes in its batch thread: the event loop only hands the
+finished reply on, so building a 256 x 1024 float reply never stalls it.
 
 Nothing here knows about models: the runner is a callable `list[payload] -> BatchOutput`.
 """
@@ -20,29 +27,23 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from sidecar.errors import Overloaded
 from sidecar.observability import Metrics
 
 logger = logging.getLogger("sidecar.batcher")
 
 P = TypeVar("P")  # what the runner consumes per item (token ids, …)
 R = TypeVar("R")  # what the runner produces per item
+T = TypeVar("T")  # what a request's `finish` makes of its outputs (the reply)
 
 # Longest a round waits for requests still arriving (only while the last round was bigger).
 DEFAULT_MAX_WAIT_S = 0.005
 # Weight of the newest batch in the throughput estimate behind Retry-After.
 _RATE_SMOOTHING = 0.2
-
-
-class Overloaded(Exception):
-    """The queue cannot take the request now; retry after `retry_after_s`."""
-
-    def __init__(self, retry_after_s: int) -> None:
-        super().__init__(f"queue full, retry after {retry_after_s}s")
-        self.retry_after_s = retry_after_s
 
 
 class BatcherClosed(Exception):
@@ -70,7 +71,8 @@ class Completed(Generic[R]):
 @dataclass(eq=False, slots=True)
 class _Request(Generic[R]):
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[Completed[R]]
+    future: asyncio.Future[Any]  # resolves to what `finish` returned
+    finish: Callable[[Completed[R]], Any]
     outputs: list[R | None]
     remaining: int
     device: str = ""
@@ -129,14 +131,14 @@ class MicroBatcher(Generic[P, R]):
         self.max_wait_s = max_wait_s
         self._last_round = 0  # items in the previous round
         self._pending: list[_Item[P, R]] = []
-        self._queued = 0  # admitted items not yet handed to the model
+        self._queued = 0  # submitted items not yet handed to the model
+        self._preparing = 0  # items of admitted requests not yet submitted (being tokenised)
         self._running = 0  # items inside the runner right now
         self._closed = False
         self._cond = threading.Condition()
         self._items_per_s: float | None = None
         self._thread = threading.Thread(target=self._work, name=f"batcher-{kind}", daemon=True)
         self.batches_run = 0
-        self.busy_s = 0.0  # time spent inside the runner (model utilisation)
 
     def start(self) -> None:
         self._thread.start()
@@ -149,10 +151,13 @@ class MicroBatcher(Generic[P, R]):
     def running(self) -> int:
         return self._running
 
-    def wait_until(self, predicate: Callable[[MicroBatcher[P, R]], bool], timeout: float) -> bool:
-        """Block until `predicate(self)` holds (checked at every queue change) or `timeout`."""
-        with self._cond:
-            return self._cond.wait_for(lambda: predicate(self), timeout)
+    @property
+    def preparing(self) -> int:
+        return self._preparing
+
+    def is_overloaded(self, items: int) -> bool:
+        """Whether `items` more would overflow the queue (queued plus being prepared)."""
+        return self._queued + self._preparing + items > self.max_queued_items
 
     def retry_after_s(self) -> int:
         """Seconds until the current queue has likely drained (1 when the rate is unknown)."""
@@ -161,18 +166,45 @@ class MicroBatcher(Generic[P, R]):
             return 1
         return max(1, min(60, math.ceil(self._queued / rate)))
 
-    async def submit(self, payloads: Sequence[P], lengths: Sequence[int]) -> Completed[R]:
-        """Queue one request's items and wait for all their outputs (in input order)."""
+    def _refuse_if_full(self, items: int) -> None:
+        """Raise `BatcherClosed` or `Overloaded` when `items` more cannot be taken (lock held)."""
+        if self._closed:
+            raise BatcherClosed(f"{self.kind} batcher is closed")
+        if self.is_overloaded(items):
+            self.metrics.retrieval_rejected.labels(self.kind).inc()
+            retry = self.retry_after_s()
+            raise Overloaded(f"the {self.kind} queue is full; retry after {retry}s", retry)
+
+    @contextlib.contextmanager
+    def admission(self, items: int) -> Iterator[None]:
+        """Hold places for a request's `items` while it is prepared (tokenised): the 429 for a full
+        queue comes before that work, and requests cannot pile up unbounded in front of the queue.
+        """
+        with self._cond:
+            self._refuse_if_full(items)
+            self._preparing += items
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._preparing -= items
+                self._cond.notify_all()
+
+    async def submit(
+        self,
+        payloads: Sequence[P],
+        lengths: Sequence[int],
+        finish: Callable[[Completed[R]], T],
+    ) -> T:
+        """Queue one request's items; once all are done, `finish(outputs in input order)` runs in
+        the worker thread and its result (or exception) is the answer."""
         loop = asyncio.get_running_loop()
         request: _Request[R] = _Request(
-            loop, loop.create_future(), [None] * len(payloads), len(payloads)
+            loop, loop.create_future(), finish, [None] * len(payloads), len(payloads)
         )
         with self._cond:
-            if self._closed:
-                raise BatcherClosed(f"{self.kind} batcher is closed")
-            if self._queued + len(payloads) > self.max_queued_items:
-                self.metrics.retrieval_rejected.labels(self.kind).inc()
-                raise Overloaded(self.retry_after_s())
+            self._refuse_if_full(len(payloads))
             for position, (payload, tokens) in enumerate(zip(payloads, lengths, strict=True)):
                 self._pending.append(_Item(payload, tokens, request, position))
             self._queued += len(payloads)
@@ -248,10 +280,9 @@ class MicroBatcher(Generic[P, R]):
         finally:
             self._set_running(0)
         self.batches_run += 1
-        self.busy_s += time.perf_counter() - started
         self.metrics.retrieval_batch_size.labels(self.kind).observe(len(live))
         self._update_rate(len(live), time.perf_counter() - started)
-        finished: list[tuple[_Request[R], Completed[R]]] = []
+        finished: list[tuple[_Request[R], Any]] = []
         for item, output in zip(live, result.outputs, strict=True):
             request = item.request
             request.outputs[item.position] = output
@@ -259,7 +290,11 @@ class MicroBatcher(Generic[P, R]):
             request.remaining -= 1
             if request.remaining == 0 and not request.abandoned:
                 done = Completed(list(request.outputs), request.device, request.reason)
-                finished.append((request, done))
+                try:
+                    finished.append((request, request.finish(done)))
+                except Exception as exc:
+                    logger.exception("%s reply failed", self.kind)
+                    self._fail(request, exc)
         self._resolve_all(finished)
 
     def _update_rate(self, items: int, seconds: float) -> None:
@@ -270,14 +305,14 @@ class MicroBatcher(Generic[P, R]):
         )
 
     @staticmethod
-    def _resolve_all(finished: list[tuple[_Request[R], Completed[R]]]) -> None:
+    def _resolve_all(finished: list[tuple[_Request[R], Any]]) -> None:
         """Hand a batch's finished requests to their event loops: one wake-up per loop per batch,
         not one per request (each is a cross-thread hop that competes with the model for CPU)."""
-        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request[R], Completed[R]]]] = {}
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Request[R], Any]]] = {}
         for request, value in finished:
             by_loop.setdefault(request.loop, []).append((request, value))
 
-        def settle(entries: list[tuple[_Request[R], Completed[R]]]) -> None:
+        def settle(entries: list[tuple[_Request[R], Any]]) -> None:
             for request, value in entries:
                 if not request.future.done():
                     request.future.set_result(value)

@@ -21,43 +21,20 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
-import numpy as np
-
 from sidecar.config import ENV_PREFIX, Settings
 from sidecar.errors import ApiError
-from sidecar.errors import Overloaded as QueueFull
 from sidecar.observability import Metrics
 from sidecar.readiness import Problem
-from sidecar.retrieval.batcher import (
-    BatcherClosed,
-    BatchOutput,
-    Completed,
-    MicroBatcher,
-    Overloaded,
-)
-from sidecar.retrieval.items import (
-    EmbedItem,
-    EmbedOutput,
-    InputTooLong,
-    PairItem,
-    normalize_rows,
-    rank,
-    sigmoid,
-)
+from sidecar.retrieval import replies
+from sidecar.retrieval.batcher import BatcherClosed, BatchOutput, Completed, MicroBatcher
+from sidecar.retrieval.items import EmbedItem, EmbedOutput, InputTooLong, PairItem
 from sidecar.retrieval.loading import (
     describe_load_error,
     display_name,
     load_embedder,
     load_reranker,
 )
-from sidecar.schemas import (
-    EmbedRequest,
-    EmbedResponse,
-    EmbedUsage,
-    RerankRequest,
-    RerankResponse,
-    RerankResult,
-)
+from sidecar.schemas import EmbedRequest, RerankRequest
 from sidecar.vram_monitor import VramMonitor
 
 if TYPE_CHECKING:
@@ -66,6 +43,9 @@ if TYPE_CHECKING:
     from sidecar.retrieval.reranker import Reranker
 
 logger = logging.getLogger("sidecar.retrieval")
+
+# Whether Ollama has a priority model (the LLM) loaded: True, False, or None when unknown.
+PriorityLoaded = Callable[[], "bool | None"]
 
 Kind = Literal["embed", "rerank"]
 ModelT = TypeVar("ModelT", "Embedder", "Reranker")
@@ -80,9 +60,10 @@ INLINE_TOKENIZE_CHARS = 4096
 
 @dataclass(slots=True)
 class Reply:
-    """A route's body plus where the work ran (for X-Compute-Device headers)."""
+    """A route's JSON body, serialised in the batch worker thread, plus where the work ran (for
+    the X-Compute-Device headers)."""
 
-    body: EmbedResponse | RerankResponse
+    body: bytes
     device: str
     reason: str
 
@@ -112,7 +93,10 @@ class _Slot(Generic[ModelT]):
 
 
 def device_manager_from_settings(
-    settings: Settings, vram: VramMonitor, metrics: Metrics
+    settings: Settings,
+    vram: VramMonitor,
+    metrics: Metrics,
+    priority_loaded: PriorityLoaded = lambda: None,
 ) -> DeviceManager:
     from sidecar.devices import DeviceManager  # imports torch: called from the loading thread
 
@@ -121,6 +105,8 @@ def device_manager_from_settings(
         metrics,
         mode=settings.model_device,
         pressure_pct=settings.vram_pressure_pct,
+        llm_reserve_mib=settings.llm_reserve_mib,
+        priority_loaded=priority_loaded,
     )
 
 
@@ -134,13 +120,16 @@ class RetrievalService:
         embed_loader: Callable[[str], Embedder] = load_embedder,
         rerank_loader: Callable[[str], Reranker] = load_reranker,
         devices: DeviceManager | None = None,
+        priority_loaded: PriorityLoaded = lambda: None,
         watch_interval_s: float | None = None,
         max_queued_items: int | None = None,
     ) -> None:
         self.settings = settings
-        self.vram = vram
         self.metrics = metrics
         self._given_devices = devices
+        self._build_devices = lambda: device_manager_from_settings(
+            settings, vram, metrics, priority_loaded
+        )
         self._watch_interval_s = watch_interval_s
         self._watcher: PlacementWatcher | None = None
         self.max_queued_items = max_queued_items or QUEUE_REQUESTS_WORTH * settings.max_inputs
@@ -149,8 +138,6 @@ class RetrievalService:
         # Fast tokenizers must not be called from two threads at once ("Already borrowed"):
         # one lock for both tokenizers, one thread for the big requests.
         self._tokenizer_lock = threading.Lock()
-        # Texts being tokenised per model, counted against its queue (event-loop state only).
-        self._tokenizing: dict[str, int] = {"embed": 0, "rerank": 0}
         self._tokenize_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenize")
         self._load_task: asyncio.Task[None] | None = None
         self.loaded = asyncio.Event()
@@ -160,7 +147,7 @@ class RetrievalService:
         """The placement manager, built on first use (in the loading thread: it imports torch)."""
         if self._given_devices is not None:
             return self._given_devices
-        return device_manager_from_settings(self.settings, self.vram, self.metrics)
+        return self._build_devices()
 
     # lifecycle -----------------------------------------------------------------------------
 
@@ -322,32 +309,30 @@ class RetrievalService:
 
     @contextmanager
     def _admitted(self, batcher: MicroBatcher[Any, Any], count: int) -> Iterator[None]:
-        """Hold `count` places while a request is tokenised: the 429 for a full queue comes before
-        the tokenizer work, so requests cannot pile up unbounded in front of the queue."""
-        if batcher.depth + self._tokenizing[batcher.kind] + count > batcher.max_queued_items:
-            self.metrics.retrieval_rejected.labels(batcher.kind).inc()
-            retry = batcher.retry_after_s()
-            raise QueueFull(f"the {batcher.kind} queue is full; retry after {retry}s", retry)
-        self._tokenizing[batcher.kind] += count
+        """The batcher's admission (429 `Overloaded` before tokenising when the queue is full)."""
         try:
-            yield
-        finally:
-            self._tokenizing[batcher.kind] -= count
+            with batcher.admission(count):
+                yield
+        except BatcherClosed:
+            raise self._shutting_down() from None
+
+    @staticmethod
+    def _shutting_down() -> ApiError:
+        return ApiError("not_ready", "the sidecar is shutting down", headers={"Retry-After": "5"})
 
     async def _submit(
-        self, batcher: MicroBatcher[Any, Any], payloads: Sequence[Any], lengths: Sequence[int]
-    ) -> Completed[Any]:
+        self,
+        batcher: MicroBatcher[Any, Any],
+        payloads: Sequence[Any],
+        lengths: Sequence[int],
+        finish: Callable[[Completed[Any]], Reply],
+    ) -> Reply:
+        """Queue the items; `finish` builds the reply in the batch worker thread, so the event
+        loop never serialises a response body."""
         try:
-            return await batcher.submit(payloads, lengths)
-        except Overloaded as exc:
-            raise QueueFull(
-                f"the {batcher.kind} queue is full; retry after {exc.retry_after_s}s",
-                exc.retry_after_s,
-            ) from None
+            return await batcher.submit(payloads, lengths, finish)
         except BatcherClosed:
-            raise ApiError(
-                "not_ready", "the sidecar is shutting down", headers={"Retry-After": "5"}
-            ) from None
+            raise self._shutting_down() from None
 
     async def embed(self, request: EmbedRequest) -> Reply:
         self._check_count(len(request.inputs), "inputs")
@@ -360,21 +345,18 @@ class RetrievalService:
                 chars=sum(len(text) for text in request.inputs),
                 what="inputs",
             )
+        name, tokens = display_name(model.name), sum(len(ids) for ids in token_ids)
+
+        def finish(done: Completed[EmbedOutput]) -> Reply:  # runs in the batch worker thread
+            sparse = [o.sparse or {} for o in done.outputs] if request.return_sparse else None
+            dense = [output.dense for output in done.outputs]
+            body = replies.embed_body(
+                name, done.device, dense, sparse, tokens, normalize=request.normalize
+            )
+            return Reply(body, done.device, done.reason)
+
         items = [EmbedItem(ids, request.return_sparse) for ids in token_ids]
-        done = await self._submit(batcher, items, [len(ids) for ids in token_ids])
-        dense = np.stack([output.dense for output in done.outputs]).astype(np.float32, copy=False)
-        if request.normalize:
-            dense = normalize_rows(dense)
-        body = EmbedResponse(
-            model=display_name(model.name),
-            device=done.device,
-            dense=dense.tolist(),
-            sparse=[output.sparse or {} for output in done.outputs]
-            if request.return_sparse
-            else None,
-            usage=EmbedUsage(tokens=sum(len(ids) for ids in token_ids)),
-        )
-        return Reply(body, done.device, done.reason)
+        return await self._submit(batcher, items, [len(ids) for ids in token_ids], finish)
 
     async def rerank(self, request: RerankRequest) -> Reply:
         self._check_count(len(request.texts), "texts")
@@ -388,15 +370,18 @@ class RetrievalService:
                 chars=len(request.query) * len(request.texts) + sum(len(t) for t in request.texts),
                 what="texts",
             )
-        done = await self._submit(batcher, pairs, [len(pair.token_ids) for pair in pairs])
-        scores = [sigmoid(s) for s in done.outputs] if request.normalize else list(done.outputs)
-        results = [
-            RerankResult(
-                index=i,
-                score=scores[i],
-                text=request.texts[i] if request.return_text else None,
+        name = display_name(model.name)
+
+        def finish(done: Completed[float]) -> Reply:  # runs in the batch worker thread
+            body = replies.rerank_body(
+                name,
+                done.device,
+                done.outputs,
+                request.texts,
+                normalize=request.normalize,
+                top_n=request.top_n,
+                return_text=request.return_text,
             )
-            for i in rank(scores, request.top_n)
-        ]
-        body = RerankResponse(model=display_name(model.name), device=done.device, results=results)
-        return Reply(body, done.device, done.reason)
+            return Reply(body, done.device, done.reason)
+
+        return await self._submit(batcher, pairs, [len(pair.token_ids) for pair in pairs], finish)

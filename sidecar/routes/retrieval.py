@@ -23,17 +23,13 @@ def header_text(text: str) -> str:
     return text.replace("≥", ">=").encode("ascii", "replace").decode("ascii")
 
 
-def json_reply(reply: Reply, *, exclude_none: bool = False) -> Response:
-    """The body, already a validated model, serialised once (no second response_model pass:
-    a 256 x 1024 float reply is worth not walking twice), plus the device headers."""
+def json_reply(reply: Reply) -> Response:
+    """The body as the batch worker thread serialised it (nothing is serialised on the event
+    loop, nor walked a second time by response_model), plus the device headers."""
     headers = {DEVICE_HEADER: reply.device}
     if reply.device == "cpu" and reply.reason:
         headers[DEVICE_REASON_HEADER] = header_text(reply.reason)
-    return Response(
-        reply.body.model_dump_json(exclude_none=exclude_none),
-        media_type="application/json",
-        headers=headers,
-    )
+    return Response(reply.body, media_type="application/json", headers=headers)
 
 
 @router.post("/embed", response_model=EmbedResponse)
@@ -44,4 +40,4 @@ async def embed(body: EmbedRequest, ctx: Ctx) -> Response:
 @router.post("/rerank", response_model=RerankResponse, response_model_exclude_none=True)
 async def rerank(body: RerankRequest, ctx: Ctx) -> Response:
     # `text` appears only when asked for (return_text), so None fields are left out.
-    return json_reply(await ctx.retrieval.rerank(body), exclude_none=True)
+    return json_reply(await ctx.retrieval.rerank(body))

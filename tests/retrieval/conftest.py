@@ -22,6 +22,7 @@ from sidecar.app import create_app
 from sidecar.config import Settings
 from sidecar.devices import DeviceManager
 from sidecar.observability import Metrics
+from sidecar.retrieval.batcher import MicroBatcher
 from sidecar.retrieval.embedder import Embedder
 from sidecar.retrieval.loading import load_embedder, load_reranker
 from sidecar.retrieval.reranker import Reranker
@@ -153,6 +154,17 @@ def shared_app(
         )
 
     return start
+
+
+def wait_for_queue(
+    batcher: MicroBatcher[Any, Any],
+    predicate: Callable[[MicroBatcher[Any, Any]], bool],
+    timeout: float = LOAD_TIMEOUT_S,
+) -> bool:
+    """Block until `predicate(batcher)` holds. The batcher notifies its condition at every change
+    of its queue (its worker waits on it), so this wakes on each change, never by polling."""
+    with batcher._cond:
+        return batcher._cond.wait_for(lambda: predicate(batcher), timeout)
 
 
 @contextmanager

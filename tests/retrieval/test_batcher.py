@@ -9,14 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sidecar.errors import Overloaded
 from sidecar.observability import Metrics
 from sidecar.retrieval.batcher import (
     BatcherClosed,
     BatchOutput,
+    Completed,
     MicroBatcher,
-    Overloaded,
     split_by_budget,
 )
+from tests.retrieval.conftest import wait_for_queue
 
 
 @given(st.lists(st.integers(1, 5000), min_size=0, max_size=200), st.integers(1, 20000))
@@ -56,18 +58,23 @@ def make(runner: GatedRunner, **kwargs: int) -> MicroBatcher[int, int]:
     return batcher
 
 
+def as_is(done: Completed[int]) -> Completed[int]:
+    """A request's `finish` that keeps the outputs as they are."""
+    return done
+
+
 async def wait_for(batcher: MicroBatcher[int, int], predicate: object) -> None:
-    assert await asyncio.to_thread(batcher.wait_until, predicate, 30)  # type: ignore[arg-type]
+    assert await asyncio.to_thread(wait_for_queue, batcher, predicate)  # type: ignore[arg-type]
 
 
 async def test_requests_are_merged_and_scattered_in_order() -> None:
     runner = GatedRunner()
     batcher = make(runner, max_batch_tokens=30 * 50)  # the whole second round fits one batch
     try:
-        first = asyncio.create_task(batcher.submit([1], [10]))
+        first = asyncio.create_task(batcher.submit([1], [10], as_is))
         await wait_for(batcher, lambda b: b.running == 1)
         others = [
-            asyncio.create_task(batcher.submit([n, n + 100, n + 200], [n, 5, 50]))
+            asyncio.create_task(batcher.submit([n, n + 100, n + 200], [n, 5, 50], as_is))
             for n in range(2, 12)
         ]
         await wait_for(batcher, lambda b: b.depth == 30)
@@ -89,7 +96,7 @@ async def test_token_budget_splits_a_round() -> None:
     runner.gate.set()
     batcher = make(runner, max_batch_tokens=100)
     try:
-        done = await batcher.submit(list(range(10)), [50] * 10)
+        done = await batcher.submit(list(range(10)), [50] * 10, as_is)
         assert done.outputs == [2 * n for n in range(10)]
         assert sorted(len(b) for b in runner.batches) == [2, 2, 2, 2, 2]
     finally:
@@ -104,12 +111,12 @@ async def test_full_queue_raises_overloaded() -> None:
     )
     batcher.start()
     try:
-        running = asyncio.create_task(batcher.submit([1], [1]))
+        running = asyncio.create_task(batcher.submit([1], [1], as_is))
         await wait_for(batcher, lambda b: b.running == 1)
-        queued = asyncio.create_task(batcher.submit([1, 2, 3, 4], [1] * 4))
+        queued = asyncio.create_task(batcher.submit([1, 2, 3, 4], [1] * 4, as_is))
         await wait_for(batcher, lambda b: b.depth == 4)
         with pytest.raises(Overloaded) as refused:
-            await batcher.submit([5], [1])
+            await batcher.submit([5], [1], as_is)
         assert refused.value.retry_after_s >= 1
         assert (
             metrics.registry.get_sample_value(
@@ -120,7 +127,7 @@ async def test_full_queue_raises_overloaded() -> None:
         runner.gate.set()
         await running
         assert (await queued).outputs == [2, 4, 6, 8]
-        assert (await batcher.submit([5], [1])).outputs == [10]  # room again
+        assert (await batcher.submit([5], [1], as_is)).outputs == [10]  # room again
     finally:
         batcher.close()
 
@@ -129,10 +136,10 @@ async def test_a_failing_batch_fails_its_requests_only() -> None:
     runner = GatedRunner(fail_on=13)
     batcher = make(runner, max_batch_tokens=10)
     try:
-        blocker = asyncio.create_task(batcher.submit([1], [1]))
+        blocker = asyncio.create_task(batcher.submit([1], [1], as_is))
         await wait_for(batcher, lambda b: b.running == 1)
-        bad = asyncio.create_task(batcher.submit([13], [10]))  # a batch of its own (budget)
-        good = asyncio.create_task(batcher.submit([7], [10]))
+        bad = asyncio.create_task(batcher.submit([13], [10], as_is))  # a batch of its own (budget)
+        good = asyncio.create_task(batcher.submit([7], [10], as_is))
         await wait_for(batcher, lambda b: b.depth == 2)
         runner.gate.set()
         await blocker
@@ -147,10 +154,10 @@ async def test_cancelled_request_is_skipped() -> None:
     runner = GatedRunner()
     batcher = make(runner)
     try:
-        blocker = asyncio.create_task(batcher.submit([1], [1]))
+        blocker = asyncio.create_task(batcher.submit([1], [1], as_is))
         await wait_for(batcher, lambda b: b.running == 1)
-        leaving = asyncio.create_task(batcher.submit([99], [1]))
-        staying = asyncio.create_task(batcher.submit([3], [1]))
+        leaving = asyncio.create_task(batcher.submit([99], [1], as_is))
+        staying = asyncio.create_task(batcher.submit([3], [1], as_is))
         await wait_for(batcher, lambda b: b.depth == 2)
         leaving.cancel()
         with pytest.raises(asyncio.CancelledError):
@@ -166,9 +173,9 @@ async def test_cancelled_request_is_skipped() -> None:
 async def test_close_fails_queued_requests() -> None:
     runner = GatedRunner()
     batcher = make(runner)
-    running = asyncio.create_task(batcher.submit([1], [1]))
+    running = asyncio.create_task(batcher.submit([1], [1], as_is))
     await wait_for(batcher, lambda b: b.running == 1)
-    queued = asyncio.create_task(batcher.submit([2], [1]))
+    queued = asyncio.create_task(batcher.submit([2], [1], as_is))
     await wait_for(batcher, lambda b: b.depth == 1)
     closing = asyncio.create_task(asyncio.to_thread(batcher.close))
     with pytest.raises(BatcherClosed):
@@ -177,7 +184,7 @@ async def test_close_fails_queued_requests() -> None:
     await closing
     assert (await running).outputs == [2]  # the batch already running still completes
     with pytest.raises(BatcherClosed):
-        await batcher.submit([3], [1])
+        await batcher.submit([3], [1], as_is)
 
 
 async def test_one_batch_answers_requests_from_several_event_loops() -> None:
@@ -186,12 +193,12 @@ async def test_one_batch_answers_requests_from_several_event_loops() -> None:
     runner = GatedRunner()
     batcher = make(runner)
     try:
-        blocker = asyncio.create_task(batcher.submit([1], [1]))
+        blocker = asyncio.create_task(batcher.submit([1], [1], as_is))
         await wait_for(batcher, lambda b: b.running == 1)
-        here = [asyncio.create_task(batcher.submit([n], [1])) for n in (2, 3)]
+        here = [asyncio.create_task(batcher.submit([n], [1], as_is)) for n in (2, 3)]
 
         async def elsewhere() -> list[list[int]]:
-            answers = [batcher.submit([n], [1]) for n in (4, 5)]
+            answers = [batcher.submit([n], [1], as_is) for n in (4, 5)]
             return [done.outputs for done in await asyncio.gather(*answers)]
 
         other_loop = asyncio.create_task(asyncio.to_thread(asyncio.run, elsewhere()))

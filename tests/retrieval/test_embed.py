@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
-from tests.retrieval.conftest import RunningApp, SharedModels, holding
+from tests.retrieval.conftest import RunningApp, SharedModels, holding, wait_for_queue
 
 TEXTS = [
     "The invoice total is 1,250 baht.",
@@ -105,9 +104,9 @@ def test_one_text_alone_equals_inside_a_concurrent_burst(
     with ThreadPoolExecutor(len(others) + 1) as pool, holding(placed.lock):
         futures = [pool.submit(post, text) for text in others]
         # The worker is stuck on the model lock with one request at most: the rest queue up.
-        assert batcher.wait_until(lambda b: b.depth + b.running == len(others), timeout=30)
+        assert wait_for_queue(batcher, lambda b: b.depth + b.running == len(others))
         probe_future = pool.submit(post, probe)
-        assert batcher.wait_until(lambda b: b.depth + b.running == len(others) + 1, timeout=30)
+        assert wait_for_queue(batcher, lambda b: b.depth + b.running == len(others) + 1)
     in_burst = probe_future.result().json()
     replies = [f.result() for f in futures]
     assert all(r.status_code == 200 for r in replies)
@@ -152,9 +151,9 @@ def test_full_queue_is_429_with_retry_after(shared_app: Callable[..., RunningApp
     assert batcher is not None and placed is not None
     with ThreadPoolExecutor(2) as pool, holding(placed.lock):
         running = pool.submit(app.client.post, "/embed", json={"inputs": ["first"]})
-        assert batcher.wait_until(lambda b: b.running == 1 and b.depth == 0, timeout=30)
+        assert wait_for_queue(batcher, lambda b: b.running == 1 and b.depth == 0)
         queued = pool.submit(app.client.post, "/embed", json={"inputs": ["a", "b", "c"]})
-        assert batcher.wait_until(lambda b: b.depth == 3, timeout=30)
+        assert wait_for_queue(batcher, lambda b: b.depth == 3)
         refused = app.client.post("/embed", json={"inputs": ["one too many"]})
         assert refused.status_code == 429
         assert refused.json()["code"] == "overloaded"
@@ -169,17 +168,18 @@ def test_requests_waiting_for_the_tokenizer_count_against_the_queue(
     shared_app: Callable[..., RunningApp],
 ) -> None:
     app = shared_app(service_kwargs={"max_queued_items": 3})
+    batcher = app.service.embed_slot.batcher
+    assert batcher is not None
     long_texts = ["word " * 1000] * 3  # over the inline limit: tokenised in the tokenizer thread
     with ThreadPoolExecutor(1) as pool, holding(app.service._tokenizer_lock):
         waiting = pool.submit(app.client.post, "/embed", json={"inputs": long_texts})
-        deadline = time.monotonic() + 30
-        while app.service._tokenizing["embed"] != 3:  # admitted, stuck behind the tokenizer
-            assert time.monotonic() < deadline
-            time.sleep(0.005)
+        # Admitted, stuck behind the tokenizer: its three places are held, nothing is queued.
+        assert wait_for_queue(batcher, lambda b: b.preparing == 3 and b.depth == 0)
         refused = app.client.post("/embed", json={"inputs": ["one too many"]})
         assert refused.status_code == 429 and refused.json()["code"] == "overloaded"
+        assert int(refused.headers["retry-after"]) >= 1
     assert len(waiting.result().json()["dense"]) == 3
-    assert app.service._tokenizing["embed"] == 0
+    assert batcher.preparing == 0
 
 
 def test_device_headers_health_and_metrics(shared_app: Callable[..., RunningApp]) -> None:

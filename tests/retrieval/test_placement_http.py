@@ -13,7 +13,7 @@ import torch
 
 from sidecar.devices import DeviceManager
 from sidecar.observability import Metrics
-from sidecar.retrieval.embedder import EmbedItem
+from sidecar.retrieval.items import EmbedItem
 from sidecar.retrieval.loading import load_embedder, load_reranker
 from sidecar.vram_monitor import VramMonitor
 from tests.retrieval.conftest import RunningApp, SharedModels, VramFile
