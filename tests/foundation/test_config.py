@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from sidecar.config import (
     MIN_KEY_LENGTH,
     ConfigError,
     Settings,
+    ensure_upload_base,
     key_problem,
     load_settings,
     parse_key_lines,
@@ -93,6 +95,19 @@ def test_upload_base_that_is_a_file_is_refused(tmp_path: Path) -> None:
     not_a_dir.write_text("x")
     with pytest.raises(ConfigError, match="UPLOAD_BASE exists but is not a directory"):
         load_settings(api_key=new_api_key(), upload_base=not_a_dir)
+
+
+def test_missing_upload_base_is_refused_unless_it_is_the_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(ConfigError, match="OCR_SIDECAR_UPLOAD_BASE does not exist"):
+        load_settings(api_key=new_api_key(), upload_base=tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
+    monkeypatch.chdir(tmp_path)
+    settings = load_settings(api_key=new_api_key())  # the default ./var/uploads, not there yet
+    created = ensure_upload_base(settings)
+    assert created == (tmp_path / "var" / "uploads").resolve()
+    assert stat.S_IMODE(created.stat().st_mode) == 0o700
 
 
 def test_network_mode_needs_no_key(tmp_path: Path) -> None:

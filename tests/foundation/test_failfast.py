@@ -28,6 +28,7 @@ def occupied_port() -> Iterator[int]:
 def run_sidecar(env: dict[str, str], port: int, tmp_path: Path) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("OCR_SIDECAR_")}
     clean.update({"OCR_SIDECAR_PORT": str(port), "OCR_SIDECAR_VRAM_SOURCE": "none"})
+    (tmp_path / "uploads").mkdir(exist_ok=True)
     clean.setdefault("OCR_SIDECAR_UPLOAD_BASE", str(tmp_path / "uploads"))
     clean.update(env)
     return subprocess.run(
@@ -97,3 +98,16 @@ def test_upload_base_that_is_a_file_exits(occupied_port: int, tmp_path: Path) ->
     result = run_sidecar(env, occupied_port, tmp_path)
     assert result.returncode == EXIT_CONFIG_ERROR
     assert "OCR_SIDECAR_UPLOAD_BASE exists but is not a directory" in result.stderr
+
+
+def test_upload_base_typo_exits_and_creates_nothing(occupied_port: int, tmp_path: Path) -> None:
+    typo = tmp_path / "uplaods"
+    env = {
+        "OCR_SIDECAR_API_KEY": "Vx9" + "abcdefghijklmnop" * 2,
+        "OCR_SIDECAR_UPLOAD_BASE": str(typo),
+    }
+    result = run_sidecar(env, occupied_port, tmp_path)
+    assert result.returncode == EXIT_CONFIG_ERROR
+    (line,) = [line for line in result.stderr.splitlines() if line.strip()]
+    assert line.startswith("sidecar: configuration error: OCR_SIDECAR_UPLOAD_BASE does not exist")
+    assert not typo.exists()
