@@ -1,7 +1,8 @@
 """`ocr-backend`: migrate the database, govern profiles and prompts, run OCR and the sandbox.
 
 Every error ends the command with one line on stderr and a non-zero exit: 2 for a usage or
-configuration problem, 1 for anything that went wrong while running. Never a traceback.
+configuration problem, 1 for anything that went wrong while running, 3 when OCR finished with
+pages missing (each listed). Never a traceback.
 """
 
 from __future__ import annotations
@@ -17,17 +18,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from backend_client import governance, migrate
 from backend_client.client import SidecarClient
-from backend_client.db import Database, database_error, redacted
+from backend_client.db import Database, redacted
 from backend_client.documents import Document, DocumentPath, DocumentUpload
 from backend_client.errors import BackendError, ConfigurationError, InvalidJobRequest
 from backend_client.models import AiExecutionProfile, AiPrompt
+from backend_client.page_count import check_page_range, count_local_pages, count_pages
 from backend_client.resolver import SnapshotResolver
-from backend_client.services import OcrService, PromptDraft, SandboxOcrEngineService
+from backend_client.services import (
+    OcrService,
+    PromptDraft,
+    SandboxOcrEngineService,
+    failed_pages,
+)
 from backend_client.settings import BackendSettings, load_backend_settings
 from backend_client.snapshot import OCR_PROFILE_NAME, OCR_PROMPT_KEY
 from sidecar.schemas import OcrPageResult, OcrResponse
@@ -35,7 +41,12 @@ from sidecar.schemas import OcrPageResult, OcrResponse
 PROG = "ocr-backend"
 EXIT_RUNTIME = 1
 EXIT_USAGE = 2
+EXIT_PARTIAL = 3
 EXIT_INTERRUPTED = 130
+
+
+class PartialResult(BackendError):
+    """OCR finished, but some pages failed (and were not recovered by --retry-failed)."""
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -141,29 +152,43 @@ def _print_profile(row: AiExecutionProfile) -> None:
 
 
 def _page_heading(label: str, page: OcrPageResult) -> str:
+    if page.error is not None:
+        return f"== {label} · page {page.page} · FAILED ({page.error.code}: {page.error.detail}) =="
     state = "complete" if page.complete else "INCOMPLETE"
     return (
         f"== {label} · page {page.page} · {state} ({page.done_reason}) · {page.duration_ms} ms =="
     )
 
 
-def _print_response(label: str, response: OcrResponse, write: Any = print) -> None:
+def _summary_line(label: str, response: OcrResponse) -> str:
     prompt = f"v{response.prompt.version}" if response.prompt.version else "draft"
-    write(
-        f"# {label}: model {response.model}, prompt {prompt}, "
+    failed = failed_pages(response)
+    state = f"{len(failed)} of {len(response.pages)} pages failed" if failed else "complete"
+    return (
+        f"# {label}: {state}; model {response.model}, prompt {prompt}, "
         f"keep_alive {response.residency.keep_alive} ({response.residency.reason}), "
         f"{response.timings.total_ms} ms, request {response.request_id}"
     )
+
+
+def _print_response(label: str, response: OcrResponse) -> None:
+    print(_summary_line(label, response))
     for page in response.pages:
-        write(_page_heading(label, page))
-        write(page.text)
+        print(_page_heading(label, page))
+        if page.text is not None:
+            print(page.text)
 
 
-def _progress(total: int, unit: str) -> tqdm:
+def _progress(total: int | None, label: str) -> tqdm:
     # Only on a terminal: a pipe or a log file gets the results, not bar redraws.
+    on_terminal = sys.stdout.isatty() and sys.stderr.isatty()
     return tqdm(
-        total=total, unit=unit, file=sys.stderr, disable=not sys.stderr.isatty(), leave=False
+        total=total, desc=label, unit="page", file=sys.stderr, disable=not on_terminal, leave=False
     )
+
+
+def _json_line(value: dict[str, Any]) -> None:
+    print(json.dumps(value, ensure_ascii=False), flush=True)
 
 
 # ---------------------------------------------------------------- commands
@@ -248,36 +273,63 @@ async def cmd_prompt_activate(args: argparse.Namespace, db: Database) -> None:
         print(f"{row.prompt_key} version {row.version} is now active")
 
 
+async def _document(path: str, upload: bool) -> tuple[Document, int | None]:
+    """The document to send and its page count when it can be read here (None otherwise)."""
+    if upload:
+        document = await asyncio.to_thread(DocumentUpload.from_file, Path(path))
+        return document, await asyncio.to_thread(count_pages, document.content)
+    return DocumentPath(path), await asyncio.to_thread(count_local_pages, Path(path))
+
+
 async def cmd_ocr(args: argparse.Namespace, db: Database, settings: BackendSettings) -> None:
-    documents: list[Document] = [
-        DocumentUpload.from_file(Path(path)) if args.upload else DocumentPath(path)
-        for path in args.paths
-    ]
-    per_page = args.pages is not None
-    total = len(documents) * len(args.pages) if per_page else len(documents)
-    results = []
+    """One job per document, pages shown as they arrive; every range is checked first."""
+    documents = [await _document(path, args.upload) for path in args.paths]
+    for document, page_count in documents:
+        check_page_range(document.label, args.pages, page_count)
+    partial: list[str] = []
     async with SidecarClient.from_settings(settings) as client:
         service = OcrService(
             SnapshotResolver(db), client, profile_name=args.profile, prompt_key=args.prompt_key
         )
-        with _progress(total, "page" if per_page else "file") as bar:
-            for document in documents:
-                response = await service.extract(
-                    document,
-                    pages=args.pages,
-                    on_page=(lambda _page: bar.update(1)) if per_page else None,
-                )
-                if not per_page:
-                    bar.update(1)
-                results.append({"document": document.label, **response.model_dump(mode="json")})
-                if not args.json:
-                    _print_response(
-                        document.label,
-                        response,
-                        write=lambda line: bar.write(line, file=sys.stdout),
-                    )
+        for document, page_count in documents:
+            total = len(args.pages) if args.pages else page_count
+            response = await _ocr_document(service, document, total, args)
+            failed = failed_pages(response)
+            if failed:
+                codes = sorted({p.error.code for p in response.pages if p.error is not None})
+                listed = ", ".join(str(page) for page in failed)
+                partial.append(f"{document.label} page(s) {listed} failed ({', '.join(codes)})")
+    if partial:
+        raise PartialResult("; ".join(partial))
+
+
+async def _ocr_document(
+    service: OcrService, document: Document, total: int | None, args: argparse.Namespace
+) -> OcrResponse:
+    label = document.label
+    with _progress(total, label) as bar:
+
+        def show(page: OcrPageResult) -> None:
+            bar.update(1)
+            if args.json:
+                _json_line({"event": "page", "document": label, **page.model_dump(mode="json")})
+                return
+            bar.write(_page_heading(label, page), file=sys.stdout)
+            if page.text is not None:
+                bar.write(page.text, file=sys.stdout)
+
+        response = await service.extract(document, pages=args.pages, on_page=show)
+        if args.retry_failed and failed_pages(response):
+            bar.reset(total=len(failed_pages(response)))
+            response = await service.retry_failed(document, response, on_page=show)
     if args.json:
-        _emit_json({"documents": results})
+        summary = response.model_dump(mode="json", exclude={"pages"})
+        _json_line(
+            {"event": "done", "document": label, **summary, "failed_pages": failed_pages(response)}
+        )
+    else:
+        print(_summary_line(label, response))
+    return response
 
 
 async def cmd_sandbox(args: argparse.Namespace, db: Database, settings: BackendSettings) -> None:
@@ -295,14 +347,18 @@ async def cmd_sandbox(args: argparse.Namespace, db: Database, settings: BackendS
             dms_tags=args.tags,
         )
     edits = parse_assignments(args.set)
-    upload = DocumentUpload.from_file(Path(args.file))
+    upload, page_count = await _document(args.file, upload=True)
+    assert isinstance(upload, DocumentUpload)
+    check_page_range(upload.label, args.pages, page_count)
     async with SidecarClient.from_settings(settings) as client:
         service = SandboxOcrEngineService(
             SnapshotResolver(db), client, profile_name=args.profile, prompt_key=args.prompt_key
         )
-        with _progress(1, "file") as bar:
-            outcome = await service.run(upload, draft, edits, pages=args.pages)
-            bar.update(1)
+        total = len(args.pages) if args.pages else page_count
+        with _progress(total, upload.label) as bar:
+            outcome = await service.run(
+                upload, draft, edits, pages=args.pages, on_page=lambda _page: bar.update(1)
+            )
     if args.json:
         _emit_json(outcome.as_dict())
         return
@@ -396,13 +452,26 @@ def build_parser() -> argparse.ArgumentParser:
     activate.set_defaults(handler=cmd_prompt_activate)
 
     ocr = commands.add_parser(
-        "ocr", parents=[common, job], help="OCR documents with the active parameters"
+        "ocr",
+        parents=[common, job],
+        help="OCR documents with the active parameters, one job per document",
+        description=(
+            "One job per document, pages shown as they arrive. --json prints one JSON line per "
+            "page, then one per document (event done). Pages that failed are listed and the exit "
+            f"code is {EXIT_PARTIAL}. A PATH that exists here too (or an --upload file) has its "
+            "pages counted first: a range beyond it is refused before anything is sent."
+        ),
     )
     ocr.add_argument(
         "paths", nargs="+", metavar="PATH", help="as the sidecar sees it (under UPLOAD_BASE)"
     )
     ocr.add_argument(
         "--upload", action="store_true", help="PATHs are local files: upload their bytes"
+    )
+    ocr.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="when pages fail, send those pages (only those) once more and merge them in",
     )
     ocr.set_defaults(handler=cmd_ocr, needs_sidecar=True)
 
@@ -431,12 +500,11 @@ async def run(args: argparse.Namespace) -> None:
     )
     db = Database.from_url(settings.database_url)
     try:
-        if getattr(args, "needs_sidecar", False):
-            await args.handler(args, db, settings)
-        else:
-            await args.handler(args, db)
-    except SQLAlchemyError as exc:
-        raise database_error(exc, db.url) from None
+        with db.translated_errors():  # `migrate` works on the bare engine, not in transaction()
+            if getattr(args, "needs_sidecar", False):
+                await args.handler(args, db, settings)
+            else:
+                await args.handler(args, db)
     finally:
         await db.dispose()
 
@@ -459,6 +527,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except (ConfigurationError, InvalidJobRequest) as exc:
         return _fail(exc, EXIT_USAGE)
+    except PartialResult as exc:
+        return _fail(f"partial result: {exc}", EXIT_PARTIAL)
     except BackendError as exc:
         return _fail(exc, EXIT_RUNTIME)
     except KeyboardInterrupt:

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from backend_client.errors import ConfigurationError, DatabaseError
+from backend_client.errors import ConfigurationError, DatabaseConflict, DatabaseError
 
 DATABASE_URL_ENV = "OCR_BACKEND_DATABASE_URL"
 DEFAULT_SQLITE_FILE = Path("var") / "ocr-backend.sqlite3"
@@ -126,10 +126,22 @@ class Database:
 
         `write=True` for transactions that read then write (on SQLite they take the write lock
         up front; on PostgreSQL the repositories lock rows with SELECT ... FOR UPDATE).
+        Driver errors, the commit's included, leave as one-line `DatabaseError`s.
         """
         factory = self._writer_sessions if write else self.sessions
-        async with factory() as session, session.begin():
-            yield session
+        with self.translated_errors():
+            async with factory() as session, session.begin():
+                yield session
+
+    @contextmanager
+    def translated_errors(self) -> Iterator[None]:
+        """SQLAlchemy's errors become `DatabaseError` here and only here (the way httpx maps
+        transport exceptions in one context manager); `transaction()` uses it, and so does work
+        on the bare engine such as migrations."""
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            raise database_error(exc, self.url) from None
 
     async def dispose(self) -> None:
         await self.engine.dispose()
@@ -141,6 +153,8 @@ def database_error(exc: SQLAlchemyError, url: URL | str) -> DatabaseError:
     lines = str(original).strip().splitlines()
     message = lines[0] if lines else type(original).__name__
     lowered = message.lower()
+    if isinstance(exc, IntegrityError):
+        return DatabaseConflict(f"database {redacted(url)} refused the write: {message}")
     if "no such table" in lowered or ("relation" in lowered and "does not exist" in lowered):
         return DatabaseError(
             f"database {redacted(url)} is not migrated ({message}); run: ocr-backend migrate"

@@ -10,10 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-
-from backend_client.db import Database, database_error
-from backend_client.errors import DatabaseError
+from backend_client.db import Database
+from backend_client.errors import DatabaseConflict, DatabaseError
 from backend_client.models import AiExecutionProfile, AiPrompt
 from backend_client.repositories import ProfileRepository, PromptRepository, profile_values
 from backend_client.snapshot import (
@@ -30,17 +28,14 @@ ADD_VERSION_ATTEMPTS = 3
 
 async def update_profile(db: Database, name: str, edits: Mapping[str, Any]) -> AiExecutionProfile:
     """Apply `edits` (field → value, `options.KEY` for one option) to profile `name`."""
-    try:
-        async with db.transaction(write=True) as session:
-            repository = ProfileRepository(session)
-            row = await repository.require(name, for_update=True)
-            current = {**profile_values(row), "description": row.description}
-            merged = apply_profile_edits(name, current, edits, allowed=EDITABLE_PROFILE_FIELDS)
-            validate_profile(name, {k: v for k, v in merged.items() if k in PROFILE_FIELDS})
-            changed = {k: v for k, v in merged.items() if current.get(k) != v}
-            return await repository.update(name, changed) if changed else row
-    except SQLAlchemyError as exc:
-        raise database_error(exc, db.url) from None
+    async with db.transaction(write=True) as session:
+        repository = ProfileRepository(session)
+        row = await repository.require(name, for_update=True)
+        current = {**profile_values(row), "description": row.description}
+        merged = apply_profile_edits(name, current, edits, allowed=EDITABLE_PROFILE_FIELDS)
+        validate_profile(name, {k: v for k, v in merged.items() if k in PROFILE_FIELDS})
+        changed = {k: v for k, v in merged.items() if current.get(k) != v}
+        return await repository.update(name, changed) if changed else row
 
 
 async def add_prompt_version(
@@ -87,36 +82,25 @@ async def add_prompt_version(
                 if activate:
                     row = await prompts.activate(prompt_key, row.version)
                 return row
-        except IntegrityError as exc:
+        except DatabaseConflict:
             if attempt == ADD_VERSION_ATTEMPTS:
-                raise database_error(exc, db.url) from None
-        except SQLAlchemyError as exc:
-            raise database_error(exc, db.url) from None
+                raise
     raise DatabaseError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 async def activate_prompt(db: Database, prompt_key: str, version: int) -> AiPrompt:
-    try:
-        async with db.transaction(write=True) as session:
-            return await PromptRepository(session).activate(prompt_key, version)
-    except SQLAlchemyError as exc:
-        raise database_error(exc, db.url) from None
+    async with db.transaction(write=True) as session:
+        return await PromptRepository(session).activate(prompt_key, version)
 
 
 async def list_prompts(db: Database, prompt_key: str | None = None) -> Sequence[AiPrompt]:
-    try:
-        async with db.transaction() as session:
-            return await PromptRepository(session).list(prompt_key)
-    except SQLAlchemyError as exc:
-        raise database_error(exc, db.url) from None
+    async with db.transaction() as session:
+        return await PromptRepository(session).list(prompt_key)
 
 
 async def get_profiles(db: Database, name: str | None = None) -> Sequence[AiExecutionProfile]:
-    try:
-        async with db.transaction() as session:
-            repository = ProfileRepository(session)
-            if name is None:
-                return await repository.list()
-            return [await repository.require(name)]
-    except SQLAlchemyError as exc:
-        raise database_error(exc, db.url) from None
+    async with db.transaction() as session:
+        repository = ProfileRepository(session)
+        if name is None:
+            return await repository.list()
+        return [await repository.require(name)]

@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, select
-from sqlalchemy.exc import SQLAlchemyError
 
-from backend_client.db import Database, database_error
+from backend_client.db import Database
 from backend_client.errors import ActivePromptUnavailable, ProfileNotFound
 from backend_client.models import AiExecutionProfile, AiPrompt
 from backend_client.repositories import profile_values, prompt_values
@@ -56,11 +55,8 @@ class SnapshotResolver:
             .outerjoin(AiPrompt, and_(AiPrompt.prompt_key == prompt_key, AiPrompt.is_active))
             .where(AiExecutionProfile.name == profile_name)
         )
-        try:
-            async with self.db.sessions() as session:
-                found = (await session.execute(statement)).first()
-        except SQLAlchemyError as exc:
-            raise database_error(exc, self.db.url) from None
+        async with self.db.transaction() as session:
+            found = (await session.execute(statement)).first()
         if found is None:
             raise ProfileNotFound(profile_name)
         profile, prompt = found

@@ -7,10 +7,10 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
 
 from backend_client import migrate
 from backend_client.db import Database
+from backend_client.errors import DatabaseConflict
 from backend_client.models import ONE_ACTIVE_PROMPT_INDEX, Base
 from backend_client.resolver import SnapshotResolver
 
@@ -81,10 +81,10 @@ async def test_a_second_active_version_of_a_key_is_refused_by_the_database(db: D
     await _insert_prompt(db, "ocr-extract", 4, active=False)
     await _insert_prompt(db, "other-key", 1, active=True)  # one active per key, not per table
     # PostgreSQL names the index; SQLite names its single column (not prompt_key, version).
-    refused_by_index = rf"{ONE_ACTIVE_PROMPT_INDEX}|failed: ai_prompts\.prompt_key\n"
-    with pytest.raises(IntegrityError, match=refused_by_index):
+    refused_by_index = rf"{ONE_ACTIVE_PROMPT_INDEX}|failed: ai_prompts\.prompt_key$"
+    with pytest.raises(DatabaseConflict, match=refused_by_index):
         await _insert_prompt(db, "ocr-extract", 5, active=True)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(DatabaseConflict):
         async with db.transaction() as session:
             await session.execute(
                 text("UPDATE ai_prompts SET is_active = true WHERE prompt_key = 'ocr-extract'")
@@ -97,9 +97,10 @@ async def test_a_second_active_version_of_a_key_is_refused_by_the_database(db: D
 
 
 async def test_versions_are_unique_per_key_and_positive(db: Database) -> None:
-    with pytest.raises(IntegrityError):
+    # Driver errors leave db.transaction() as one-line DatabaseErrors (one translation point).
+    with pytest.raises(DatabaseConflict, match="refused the write"):
         await _insert_prompt(db, "ocr-extract", 1, active=False)
-    with pytest.raises(IntegrityError):
+    with pytest.raises(DatabaseConflict):
         await _insert_prompt(db, "ocr-extract", 0, active=False)
 
 
