@@ -3,7 +3,8 @@
 One JSON object per line: `{"event": "page", …}` for each page as it finishes, then
 `{"event": "done", …the response without pages…}`, or `{"event": "error", …problem fields…}` when
 the job failed after the first line. A stream that ends without `done` is a protocol error: the
-pages read so far may be incomplete.
+pages read so far may be incomplete. A plain JSON answer (a sidecar that does not stream) gives
+the same pages, all at once.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ class OcrStream:
         return self._pages()
 
     async def _pages(self) -> AsyncIterator[OcrPageResult]:
+        if NDJSON_MEDIA_TYPE not in self._response.headers.get("content-type", ""):
+            # A sidecar that does not stream answers the whole job at once: same pages.
+            for page in await self._whole_answer():
+                yield page
+            return
         try:
             async for line in self._response.aiter_lines():
                 if not line.strip():
@@ -80,6 +86,19 @@ class OcrStream:
         except httpx.TransportError as exc:
             raise self._transport_error(exc, self.request_id) from None
         raise self._protocol_error(f"the stream ended after {len(self.pages)} pages without done")
+
+    async def _whole_answer(self) -> list[OcrPageResult]:
+        try:
+            body = await self._response.aread()
+        except httpx.TransportError as exc:
+            raise self._transport_error(exc, self.request_id) from None
+        try:
+            whole = OcrResponse.model_validate_json(body)
+        except ValidationError:
+            raise self._protocol_error("neither NDJSON nor an OCR result") from None
+        self.pages = list(whole.pages)
+        self.summary = OcrJobSummary.model_validate(whole.model_dump(exclude={"pages"}))
+        return self.pages
 
     def response(self) -> OcrResponse:
         """The whole answer, as the non-streamed `/ocr` would have given it."""
