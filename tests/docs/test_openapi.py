@@ -180,6 +180,7 @@ def test_real_answers_match_the_document(live_sidecar: httpx.Client, spec: dict[
         (401, c.get("/health", headers={"X-API-Key": ""})),
         (200, c.post("/ocr", json={"source": {"path": "sample.pdf"}, **BASE_JOB})),
         (200, c.post("/ocr", files=upload)),
+        (200, c.post("/ocr", files=upload, headers={"Accept": "application/x-ndjson"})),
         (404, c.post("/ocr", json={"source": {"path": "missing.pdf"}, **BASE_JOB})),
         (403, c.post("/ocr", json={"source": {"path": "../../etc/passwd"}, **BASE_JOB})),
         (422, c.post("/ocr", json={"source": {"path": "sample.pdf"}})),
@@ -193,3 +194,6 @@ def test_real_answers_match_the_document(live_sidecar: httpx.Client, spec: dict[
     for expected, answer in expected_answers:
         assert answer.status_code == expected, (answer.request.url.path, answer.text)
         check.assert_conforms(answer)
+    (stream,) = [a for _, a in expected_answers if "ndjson" in a.headers.get("content-type", "")]
+    events = [json.loads(line)["event"] for line in stream.text.splitlines()]
+    assert events == ["page", "done"]  # the PNG is one page
