@@ -4,6 +4,7 @@ links outside code, and GitHub's heading anchors."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,32 +56,31 @@ def blocks(path: Path) -> list[Block]:
     return found
 
 
-def prose_lines(path: Path) -> list[tuple[int, str]]:
-    """Lines outside fenced blocks, inline code removed: where links live."""
-    lines = []
-    inside = False
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if FENCE.match(line):
-            inside = not inside
-            continue
-        if not inside:
-            lines.append((number, INLINE_CODE.sub("", line)))
-    return lines
-
-
-def links(path: Path) -> list[tuple[int, str]]:
-    return [(number, target) for number, line in prose_lines(path) for target in LINK.findall(line)]
-
-
-def inline_code(path: Path) -> list[tuple[int, str]]:
-    spans = []
+def outside_fences(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, line) of every line that is not part of a fenced block."""
     inside = False
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         if FENCE.match(line):
             inside = not inside
         elif not inside:
-            spans.extend((number, span.strip("`")) for span in INLINE_CODE.findall(line))
-    return spans
+            yield number, line
+
+
+def links(path: Path) -> list[tuple[int, str]]:
+    """Link targets in the prose (not in code)."""
+    return [
+        (number, target)
+        for number, line in outside_fences(path)
+        for target in LINK.findall(INLINE_CODE.sub("", line))
+    ]
+
+
+def inline_code(path: Path) -> list[tuple[int, str]]:
+    return [
+        (number, span.strip("`"))
+        for number, line in outside_fences(path)
+        for span in INLINE_CODE.findall(line)
+    ]
 
 
 def slug(heading: str) -> str:
@@ -93,16 +93,10 @@ def slug(heading: str) -> str:
 def anchors(path: Path) -> set[str]:
     seen: dict[str, int] = {}
     result = set()
-    inside = False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if FENCE.match(line):
-            inside = not inside
-            continue
-        heading = HEADING.match(line)
-        if inside or not heading:
-            continue
-        base = slug(heading.group(2))
-        count = seen.get(base, 0)
-        seen[base] = count + 1
-        result.add(base if count == 0 else f"{base}-{count}")
+    for _, line in outside_fences(path):
+        if heading := HEADING.match(line):
+            base = slug(heading.group(2))
+            count = seen.get(base, 0)
+            seen[base] = count + 1
+            result.add(base if count == 0 else f"{base}-{count}")
     return result

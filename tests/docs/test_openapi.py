@@ -5,8 +5,6 @@ validate against it."""
 from __future__ import annotations
 
 import json
-import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from sidecar.openapi import (
     schema_text,
 )
 from tests.docs.openapi_check import SchemaCheck
+from tests.docs.processes import wait_for
 from tests.fake_ollama import DEFAULT_OCR_MODEL, FakeModel, FakeOllama
 from tests.fixtures.documents import make_image, text_pdf
 from tests.fixtures.jobs import BASE_JOB
@@ -137,14 +136,6 @@ def test_schema_and_docs_are_behind_auth_and_off_with_docs_false(
 # --- real answers validate against the document -------------------------------------------------
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 120.0) -> None:
-    ticker = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        ticker.wait(0.05)
-
-
 @pytest.fixture
 def live_sidecar(
     make_settings: Callable[..., Settings], upload_base: Path, api_key: str
@@ -161,7 +152,7 @@ def live_sidecar(
             serve(create_app(settings)) as server,
             httpx.Client(base_url=server.url, headers={"X-API-Key": api_key}, timeout=60) as c,
         ):
-            wait_until(lambda: c.get("/ready").status_code == 200)
+            wait_for(lambda: c.get("/ready").status_code == 200, timeout=180)
             yield c
 
 

@@ -3,19 +3,15 @@ answers 200; the run command creates a key, shows it once, and serves with it.""
 
 from __future__ import annotations
 
-import os
 import re
 import signal
-import socket
 import subprocess
-import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
 from tests.docs.markdown import REPO, Block, blocks
+from tests.docs.processes import clean_env, free_port, wait_for
 
 README = REPO / "README.md"
 # Blocks no test runs, and why: each other README shell block must be run below.
@@ -28,21 +24,6 @@ CALL_LINE = re.compile(r"^== (.+?) -> (\d{3})$", re.MULTILINE)
 
 def readme_shell_blocks(section: str) -> list[Block]:
     return [b for b in blocks(README) if b.is_shell and b.section == section]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    """The caller's environment without any sidecar setting (a developer's shell must not leak)."""
-    env = {name: value for name, value in os.environ.items() if not name.startswith("OCR_")}
-    env.update(extra)
-    return env
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> None:
-    pause = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        pause.wait(0.2)
 
 
 def test_every_readme_shell_block_is_run_or_excused() -> None:
@@ -73,12 +54,6 @@ def test_try_everything_in_one_minute_runs_as_written() -> None:
     routes = [what.split(" (")[0] for what, _ in calls]
     assert routes == ["GET /ready", "POST /ocr", "POST /ocr", "POST /embed", "POST /rerank"]
     assert '"complete": true' in done.stdout and '"dense"' in done.stdout
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def test_run_command_generates_a_key_shows_it_once_and_serves_with_it(tmp_path: Path) -> None:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -19,7 +17,7 @@ from sidecar.app import create_app
 from sidecar.config import Settings
 from tests.conftest import new_api_key
 from tests.docs.markdown import REPO, Block, blocks, documentation_files
-from tests.docs.test_quickstart import clean_env
+from tests.docs.processes import clean_env, wait_for
 from tests.fake_ollama import DEFAULT_OCR_MODEL, FakeModel, FakeOllama
 from tests.server import serve
 
@@ -53,14 +51,6 @@ def test_checks_catch_what_the_issue_found() -> None:
 
 
 # --- docs/backend.md, run as written --------------------------------------------------------------
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float) -> None:
-    pause = threading.Event()
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        pause.wait(0.2)
 
 
 @pytest.fixture
