@@ -52,8 +52,9 @@ def test_try_everything_in_one_minute_runs_as_written() -> None:
     calls = CALL_LINE.findall(done.stdout)
     assert [status for _, status in calls] == ["200"] * len(calls)
     routes = [what.split(" (")[0] for what, _ in calls]
-    assert routes == ["GET /ready", "POST /ocr", "POST /ocr", "POST /embed", "POST /rerank"]
+    assert routes == ["GET /ready"] + ["POST /ocr"] * 3 + ["POST /embed", "POST /rerank"]
     assert '"complete": true' in done.stdout and '"dense"' in done.stdout
+    assert '{"event": "page"' in done.stdout and '{"event": "done"' in done.stdout
 
 
 def test_run_command_generates_a_key_shows_it_once_and_serves_with_it(tmp_path: Path) -> None:
