@@ -77,6 +77,15 @@ ROUTE_CODES: dict[str, tuple[str, ...]] = {
     "/rerank": RETRIEVAL_CODES,
 }
 RETRY_AFTER_STATUSES = (429, 503)
+SUMMARIES = {
+    "/live": "Liveness: 200 while the process serves",
+    "/ready": "Readiness: models loaded and Ollama reachable",
+    "/health": "Status of the GPU, the models, Ollama and the queues",
+    "/metrics": "Prometheus metrics",
+    "/ocr": "OCR a document",
+    "/embed": "Embed texts",
+    "/rerank": "Rerank texts for a query",
+}
 
 DESCRIPTION = f"""\
 OCR through Ollama, embeddings and reranking, beside an LLM that owns the GPU first.
@@ -336,6 +345,7 @@ def build_openapi(app: FastAPI) -> dict[str, Any]:
                 }
             responses.update(problem_responses(operation_codes(path, public)))
             operation["security"] = [] if public else [{"ApiKey": []}]
+            operation["summary"] = SUMMARIES.get(path, operation.get("summary", ""))
             # FastAPI names both methods of a GET+HEAD route alike; ids must be unique.
             operation["operationId"] = f"{method}_{path.strip('/').replace('/', '_')}"
     spec["components"] = dict(sorted(components.items()))
