@@ -180,11 +180,10 @@ def _print_response(label: str, response: OcrResponse) -> None:
 
 
 def _progress(total: int | None, label: str) -> tqdm:
-    # Only on a terminal: a pipe or a log file gets the results, not bar redraws.
+    # Only on a terminal: a pipe or a log file gets the results, not bar redraws. The finished
+    # bar stays, one line per document with its page count.
     on_terminal = sys.stdout.isatty() and sys.stderr.isatty()
-    return tqdm(
-        total=total, desc=label, unit="page", file=sys.stderr, disable=not on_terminal, leave=False
-    )
+    return tqdm(total=total, desc=label, unit="page", file=sys.stderr, disable=not on_terminal)
 
 
 def _json_line(value: dict[str, Any]) -> None:

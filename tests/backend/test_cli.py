@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -294,3 +301,44 @@ def test_an_unusable_database_is_one_line(
     assert "ocr-backend migrate" in fail(capsys, EXIT_RUNTIME, "prompt", "list")
     monkeypatch.setenv("OCR_BACKEND_DATABASE_URL", "mysql://db/x")
     assert "OCR_BACKEND_DATABASE_URL" in fail(capsys, EXIT_USAGE, "prompt", "list")
+
+
+def _run_on_a_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run `ocr-backend` with stdout and stderr on a pseudo-terminal; its exit code and output."""
+    controller, terminal = pty.openpty()
+    # A real terminal has a size; tqdm draws nothing on a zero-width one.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backend_client.cli", *argv],
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+        env=env,
+    )
+    os.close(terminal)
+    chunks: list[bytes] = []
+    while True:
+        try:
+            chunk = os.read(controller, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    return process.wait(timeout=60), b"".join(chunks).decode(errors="replace")
+
+
+def test_a_progress_bar_per_page_on_a_terminal(
+    tmp_path: Path, sidecar_env: RecordingSidecar, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    database = f"sqlite+aiosqlite:///{tmp_path / 'tty.sqlite3'}"  # one database is enough here
+    monkeypatch.setenv("OCR_BACKEND_DATABASE_URL", database)
+    assert main(["migrate"]) == 0
+    env = {**os.environ, "OCR_SIDECAR_URL": sidecar_env.url}
+    code, output = _run_on_a_terminal(["ocr", "doc.pdf", "--pages", "1-3"], env)
+    assert code == 0, output
+    assert "3/3" in output  # tqdm's page counter reached every page
+    assert "doc.pdf" in output
+    assert "text of page 3" in output
+    assert [r.job["pages"] for r in sidecar_env.requests] == [[1, 2, 3]]
