@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,8 +67,10 @@ class RecordingSidecar:
     def __init__(self) -> None:
         self.app = FastAPI()
         self.app.add_api_route("/ocr", self._ocr, methods=["POST"])
-        self.app.add_api_route("/embed", self._embed, methods=["POST"])
-        self.app.add_api_route("/rerank", self._rerank, methods=["POST"])
+        self.app.add_api_route("/embed", self._json_route("/embed", embed_answer), methods=["POST"])
+        self.app.add_api_route(
+            "/rerank", self._json_route("/rerank", rerank_answer), methods=["POST"]
+        )
         self._lock = threading.Lock()
         self.requests: list[Recorded] = []
         self.script: list[Scripted] = []
@@ -119,42 +122,17 @@ class RecordingSidecar:
             return StreamingResponse(iter(lines), media_type=NDJSON, headers=headers)
         return JSONResponse(answer, headers=headers)
 
-    async def _embed(self, request: Request) -> Response:
-        body = await request.json()
-        scripted = self._log(Recorded(_headers(request), body, route="/embed"))
-        if scripted is not None:
-            return _scripted_answer(scripted, request.headers.get("x-request-id", ""))
-        parsed = EmbedRequest.model_validate(body)
-        answer = {
-            "model": "fake-embedder",
-            "device": "cpu",
-            "dense": [[float(len(text)), 1.0] for text in parsed.inputs],
-            "sparse": [{"1": 0.5} for _ in parsed.inputs] if parsed.return_sparse else None,
-            "usage": {"tokens": sum(len(text.split()) for text in parsed.inputs)},
-        }
-        return JSONResponse(EmbedResponse.model_validate(answer).model_dump(mode="json"))
+    def _json_route(
+        self, route: str, answer_for: Callable[[Any], dict[str, Any]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            body = await request.json()
+            scripted = self._log(Recorded(_headers(request), body, route=route))
+            if scripted is not None:
+                return _scripted_answer(scripted, request.headers.get("x-request-id", ""))
+            return JSONResponse(answer_for(body))
 
-    async def _rerank(self, request: Request) -> Response:
-        body = await request.json()
-        scripted = self._log(Recorded(_headers(request), body, route="/rerank"))
-        if scripted is not None:
-            return _scripted_answer(scripted, request.headers.get("x-request-id", ""))
-        parsed = RerankRequest.model_validate(body)
-        # score: how many query words the text holds; ties keep input order
-        words = set(parsed.query.split())
-        scored = sorted(
-            enumerate(parsed.texts), key=lambda item: -len(words & set(item[1].split()))
-        )[: parsed.top_n]
-        results = [
-            {
-                "index": index,
-                "score": float(len(words & set(text.split()))),
-                **({"text": text} if parsed.return_text else {}),
-            }
-            for index, text in scored
-        ]
-        answer = {"model": "fake-reranker", "device": "cpu", "results": results}
-        return JSONResponse(RerankResponse.model_validate(answer).model_dump(mode="json"))
+        return handle
 
     def _log(self, recorded: Recorded) -> Scripted | None:
         with self._lock:
@@ -196,6 +174,36 @@ def _scripted_answer(scripted: Scripted, request_id: str) -> Response:
         headers=headers,
         media_type="application/problem+json" if scripted.status >= 400 else None,
     )
+
+
+def embed_answer(body: Any) -> dict[str, Any]:
+    """A well-formed `/embed` answer: dense [length, 1.0] per input, in input order."""
+    parsed = EmbedRequest.model_validate(body)
+    answer = {
+        "model": "fake-embedder",
+        "device": "cpu",
+        "dense": [[float(len(text)), 1.0] for text in parsed.inputs],
+        "sparse": [{"1": 0.5} for _ in parsed.inputs] if parsed.return_sparse else None,
+        "usage": {"tokens": sum(len(text.split()) for text in parsed.inputs)},
+    }
+    return EmbedResponse.model_validate(answer).model_dump(mode="json")
+
+
+def rerank_answer(body: Any) -> dict[str, Any]:
+    """A well-formed `/rerank` answer: score = query words the text holds, highest first."""
+    parsed = RerankRequest.model_validate(body)
+    words = set(parsed.query.split())
+    scored = sorted(enumerate(parsed.texts), key=lambda item: -len(words & set(item[1].split())))
+    results = [
+        {
+            "index": index,
+            "score": float(len(words & set(text.split()))),
+            **({"text": text} if parsed.return_text else {}),
+        }
+        for index, text in scored[: parsed.top_n]
+    ]
+    answer = {"model": "fake-reranker", "device": "cpu", "results": results}
+    return RerankResponse.model_validate(answer).model_dump(mode="json")
 
 
 def _page(number: int, failed: bool) -> dict[str, Any]:
