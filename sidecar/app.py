@@ -10,6 +10,7 @@ thread once the server is up, so /live answers within a second of the process st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -21,9 +22,9 @@ from sidecar.auth import AuthMiddleware, KeyStore
 from sidecar.config import Settings, ensure_upload_base
 from sidecar.context import AppContext
 from sidecar.errors import install_error_handlers
-from sidecar.lifecycle import Drain, DrainMiddleware
+from sidecar.lifecycle import Drain, DrainMiddleware, in_daemon_thread
 from sidecar.limits import BodyLimitMiddleware, body_limit_for
-from sidecar.observability import Metrics, RequestContextMiddleware
+from sidecar.observability import Metrics, RequestContextMiddleware, route_library_loggers
 from sidecar.ocr.pipeline import OcrPipeline
 from sidecar.openapi import install_openapi
 from sidecar.routes import health, ocr, retrieval
@@ -50,6 +51,12 @@ def build_retrieval(settings: Settings, vram: VramMonitor, metrics: Metrics) -> 
     return RetrievalService(settings, vram, metrics)
 
 
+async def stop_task(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 def create_app(settings: Settings, **injected: Any) -> FastAPI:
     unknown = set(injected) - INJECTABLE
     if unknown:
@@ -63,6 +70,7 @@ def create_app(settings: Settings, **injected: Any) -> FastAPI:
     if vram is None:
         vram = sampler = SampledVram(monitor_from_source(settings.vram_source))
     owned_http = injected.get("http_client") is None
+    owned_retrieval = injected.get("retrieval") is None
     http: httpx.AsyncClient = injected.get("http_client") or build_http_client(settings)
     ctx = AppContext(
         settings=settings,
@@ -83,9 +91,17 @@ def create_app(settings: Settings, **injected: Any) -> FastAPI:
             if sampler is not None:
                 await asyncio.to_thread(sampler.start)  # the first sample is in before serving
                 stack.push_async_callback(asyncio.to_thread, sampler.stop)
-            await ctx.retrieval.start()  # returns at once; models load in a worker thread
             stack.push_async_callback(ctx.retrieval.close)
+            starting = asyncio.create_task(start_retrieval(), name="start-retrieval")
+            stack.push_async_callback(stop_task, starting)
             yield
+
+    async def start_retrieval() -> None:
+        if owned_retrieval:
+            # Before the first model load, so no library line escapes the JSON handler; in a
+            # thread, because importing transformers' logging alone takes seconds.
+            await in_daemon_thread(route_library_loggers, name="route-loggers")
+        await ctx.retrieval.start()  # returns at once; models load in worker threads
 
     app = FastAPI(
         title="OCR sidecar",

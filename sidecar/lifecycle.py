@@ -9,11 +9,18 @@ passed, closes the sockets; the process then exits 0.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.errors import problem_response
 
+T = TypeVar("T")
 JOB_PATHS = frozenset({"/ocr", "/embed", "/rerank"})
 SHUTTING_DOWN_DETAIL = "The sidecar is shutting down; send the job to another instance."
 
@@ -58,3 +65,34 @@ class DrainMiddleware:
             await self.app(scope, receive, send)
         finally:
             self.drain.job_finished()
+
+
+async def in_daemon_thread(fn: Callable[..., T], *args: Any, name: str = "worker") -> T:
+    """`await` `fn(*args)` run in a daemon thread of its own.
+
+    For long work that must not hold up the exit (loading a model takes minutes on a slow disk):
+    `asyncio.to_thread` uses the loop's default executor, whose threads the interpreter joins at
+    exit, so a SIGTERM during a load would wait for the load. A daemon thread is just dropped."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(error: BaseException | None, result: Any) -> None:
+        if future.done():  # the awaiting task was cancelled meanwhile
+            return
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(result)
+
+    def run() -> None:
+        error: BaseException | None = None
+        result: Any = None
+        try:
+            result = fn(*args)
+        except BaseException as exc:  # handed to the awaiting task, which decides
+            error = exc
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits any more
+            loop.call_soon_threadsafe(settle, error, result)
+
+    threading.Thread(target=run, name=name, daemon=True).start()
+    return await future

@@ -191,12 +191,14 @@ def configure_logging(level: str, fmt: str) -> None:
     for chatty in _CHATTY_LOGGERS:
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))
     logging.captureWarnings(True)  # `warnings.warn` becomes a `py.warnings` log record
-    route_library_loggers()
 
 
 def route_library_loggers() -> None:
     """transformers and huggingface_hub install stderr handlers of their own when imported; send
-    their records through the root handler instead, so every log line has the same format."""
+    their records through the root handler instead, so every log line has the same format.
+
+    Importing them takes seconds, so this is not part of `configure_logging` (it would delay
+    binding the port): the app runs it in a thread before any model starts loading."""
     import huggingface_hub.utils.logging  # noqa: F401 - importing it installs its handler
     import transformers.utils.logging as transformers_logging
 

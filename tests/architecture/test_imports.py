@@ -188,3 +188,19 @@ def test_importing_the_policies_imports_no_torch_httpx_or_fastapi() -> None:
     present = [m for m in POLICY_MODULES if m in modules_of("sidecar")]
     loaded = modules_after_import(*present)
     assert {m for m in loaded if m.split(".")[0] in HEAVY_FOR_POLICIES} == set()
+
+
+def test_configuring_logging_imports_no_model_library() -> None:
+    """`configure_logging` runs before the port is bound: transformers' logging (seconds to
+    import) is routed later, in a thread, by the app."""
+    code = (
+        "import json, sys\n"
+        "from sidecar.observability import configure_logging\n"
+        "configure_logging('INFO', 'json')\n"
+        "print(json.dumps(sorted(sys.modules)), file=sys.stderr)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    loaded = set(json.loads(result.stderr))
+    assert {m for m in loaded if m.split(".")[0] in ("transformers", "torch")} == set()

@@ -15,7 +15,7 @@ import pytest
 from sidecar.app import create_app
 from sidecar.config import Settings
 from sidecar.errors import CODES, ApiError
-from sidecar.observability import JsonFormatter, configure_logging
+from sidecar.observability import JsonFormatter, configure_logging, route_library_loggers
 from sidecar.retrieval.service import RetrievalService
 from tests.server import serve
 
@@ -106,6 +106,7 @@ def test_library_logs_go_through_the_json_handler() -> None:
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
     configure_logging("INFO", "json")
+    route_library_loggers()  # the app does this in a thread before loading a model
     try:
         for name in ("transformers", "huggingface_hub"):
             library = logging.getLogger(name)
