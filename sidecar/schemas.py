@@ -123,14 +123,24 @@ class OcrRequest(OcrJob):
     source: DocumentSource
 
 
+class PageError(BaseModel):
+    """Why a page has no text: a documented error `code` (e.g. `ollama_timeout`, `job_timeout`)."""
+
+    code: str
+    detail: str
+
+
 class OcrPageResult(BaseModel):
     page: int
-    text: str
+    text: str | None = Field(description="null when the page failed (see `error`)")
     complete: bool
     done_reason: str | None = None
     duration_ms: int
     prompt_eval_count: int | None = None
     eval_count: int | None = None
+    error: PageError | None = Field(
+        None, description="set when the page failed after an earlier page succeeded"
+    )
 
 
 class VramFigures(BaseModel):
@@ -139,8 +149,13 @@ class VramFigures(BaseModel):
 
 
 class ResidencyInfo(BaseModel):
-    keep_alive: str
+    """How the job used the GPU (DESIGN.md §5 "Residency over a job")."""
+
+    keep_alive: str = Field(description="the after-job keep_alive sent on the last call")
+    rule: str = Field(description="machine-readable name of the rule that decided it")
     reason: str
+    loads: int = Field(0, description="load calls this job sent for the OCR model")
+    yield_ms: int = Field(0, description="time the job waited for the priority LLM")
     vram: VramFigures | None = None
 
 
@@ -155,14 +170,20 @@ class OcrTimings(BaseModel):
     total_ms: int
 
 
-class OcrResponse(BaseModel):
+class OcrJobSummary(BaseModel):
+    """Everything of an OCR answer but its pages: the NDJSON stream's `done` line."""
+
     request_id: str
     model: str
-    pages: list[OcrPageResult]
+    complete: bool = Field(description="false when any page failed or was cut short")
     residency: ResidencyInfo
     params_sent: dict[str, Any]
     prompt: PromptRef
     timings: OcrTimings
+
+
+class OcrResponse(OcrJobSummary):
+    pages: list[OcrPageResult]
 
 
 class EmbedRequest(_Strict):

@@ -131,7 +131,7 @@ def test_anchor_text_of_an_image_is_synthetic(sidecar: Sidecar, fake_ollama: Fak
 # --- what Ollama received --------------------------------------------------------------------
 
 
-def test_every_call_carries_the_same_system_prompt_options_and_keep_alive(
+def test_every_call_carries_the_same_system_prompt_and_options(
     sidecar: Sidecar, fake_ollama: FakeOllama
 ):
     response = sidecar.upload(text_pdf(2), make_job())
@@ -147,12 +147,15 @@ def test_every_call_carries_the_same_system_prompt_options_and_keep_alive(
         "num_predict": 16384,
         "num_ctx": 16384,
     }
-    keep_alive = response.json()["residency"]["keep_alive"]
     for call in [load, *pages]:
         assert call["model"] == OCR_MODEL
         assert call["options"] == expected_options
-        assert call["keep_alive"] == keep_alive
         assert call["stream"] is False
+    # the model is held for the job; the last page carries the after-job value
+    residency = response.json()["residency"]
+    assert [load["keep_alive"], pages[0]["keep_alive"]] == ["60s", "60s"]
+    assert pages[1]["keep_alive"] == residency["keep_alive"] == "299s"
+    assert residency["loads"] == 1 and residency["yield_ms"] == 0
     system_prompt = "You transcribe documents for the DMS. Fields: invoice_no, tax_id, total."
     assert load["system"] == system_prompt
     for call in pages:
@@ -227,13 +230,15 @@ def keep_alives(fake: FakeOllama) -> set[str]:
 
 @pytest.mark.parametrize(
     ("used_pct", "expected", "rule"),
-    [(25, "300s", "ceiling"), (90, "150s", "pressure"), (96, "0s", "critical")],
+    [(25, "299s", "priority_order"), (90, "150s", "pressure"), (96, "0s", "critical")],
 )
 def test_keep_alive_follows_vram(
     sidecar: Sidecar, fake_ollama: FakeOllama, vram, used_pct: int, expected: str, rule: str
 ):
-    # the LLM is loaded and wholly in VRAM, so only the thresholds decide
+    # the LLM is loaded and wholly in VRAM, so only the thresholds decide; the OCR model is
+    # loaded too, so the job loads nothing and never waits
     fake_ollama_load(fake_ollama, "typhoon2.5-qwen3-4b")
+    fake_ollama_load(fake_ollama, OCR_MODEL)
     vram.used_pct(used_pct)
     response = sidecar.upload(make_image("PNG"), make_job())
     assert response.status_code == 200, response.text
@@ -263,30 +268,33 @@ def test_unknown_vram_means_the_model_does_not_stay(
     assert keep_alives(fake_ollama) == {"0s"}
 
 
-def test_llm_reserve_is_kept_when_the_llm_is_not_loaded(
-    sidecar: Sidecar, fake_ollama: FakeOllama, vram
-):
+def test_llm_reserve_is_kept_when_the_llm_is_not_loaded(start_sidecar, fake_ollama, vram):
+    sidecar = start_sidecar(ocr_yield_max_s=0.2)
     vram.set(total_mib=16000, used_mib=8000)  # 8000 MiB free < 9000 reserved for the LLM
     response = sidecar.upload(make_image("PNG"), make_job())
-    assert response.json()["residency"]["keep_alive"] == "0s"
-    assert "llm reserve" in response.json()["residency"]["reason"]
+    residency = response.json()["residency"]
+    assert residency["keep_alive"] == "0s" and residency["rule"] == "llm_reserve"
+    assert "llm reserve" in residency["reason"]
+    assert residency["yield_ms"] >= 200  # it waited for the LLM first, up to OCR_YIELD_MAX_S
+    assert sidecar.metric("sidecar_ocr_yield_seconds_count") == 1
     fake_ollama_load(fake_ollama, "typhoon2.5-qwen3-4b")  # once it is loaded, OCR may stay
     response = sidecar.upload(make_image("PNG"), make_job())
-    assert response.json()["residency"]["keep_alive"] == "300s"
+    assert response.json()["residency"]["keep_alive"] == "299s"
+    assert response.json()["residency"]["yield_ms"] == 0
 
 
-def test_squeezed_priority_model_sends_the_ocr_model_away(
-    sidecar: Sidecar, fake_ollama: FakeOllama, vram
-):
+def test_squeezed_priority_model_sends_the_ocr_model_away(start_sidecar, fake_ollama, vram):
     from tests.fake_ollama import FakeModel
 
+    sidecar = start_sidecar(ocr_yield_max_s=0.2)
     fake_ollama.install(FakeModel("typhoon2.5-qwen3-4b", size=9 * 1024**3, size_vram=7 * 1024**3))
     fake_ollama_load(fake_ollama, "typhoon2.5-qwen3-4b")
     vram.used_pct(50)
     response = sidecar.upload(make_image("PNG"), make_job())
     residency = response.json()["residency"]
-    assert residency["keep_alive"] == "0s"
+    assert residency["keep_alive"] == "0s" and residency["rule"] == "priority_squeezed"
     assert residency["reason"].startswith("priority model typhoon2.5-qwen3-4b:latest squeezed")
+    assert residency["yield_ms"] >= 200
     assert "typhoon-ocr1.5-3b:latest" not in fake_ollama.loaded()  # the fake unloaded it
 
 
@@ -296,7 +304,8 @@ def test_profile_ceiling_caps_keep_alive(sidecar: Sidecar, fake_ollama: FakeOlla
     response = sidecar.upload(make_image("PNG"), make_job(profile={"keep_alive": "90s"}))
     assert response.json()["residency"]["keep_alive"] == "90s"
     response = sidecar.upload(make_image("PNG"), make_job(profile={"keep_alive": None}))
-    assert response.json()["residency"]["keep_alive"] == "300s"  # Ollama's default, 5 min
+    # Ollama's default, 5 min, kept a second below the LLM's own 5m (PRIORITY_KEEP_ALIVE)
+    assert response.json()["residency"]["keep_alive"] == "299s"
 
 
 # --- incomplete pages ------------------------------------------------------------------------
@@ -476,13 +485,14 @@ def test_response_reports_timings_and_queue_time_metric(sidecar: Sidecar):
     assert sidecar.metric("sidecar_ocr_queue_wait_seconds_count") == 1
     metrics = sidecar.client.get("/metrics").text
     assert "sidecar_ocr_keep_alive_seconds_count 1.0" in metrics
-    assert 'sidecar_ocr_residency_decisions_total{rule="ceiling"} 1.0' in metrics
+    assert 'sidecar_ocr_residency_decisions_total{rule="priority_order"} 1.0' in metrics
     assert json.loads(response.text)["request_id"] == response.headers["x-request-id"]
 
 
 def test_load_call_only_when_ps_does_not_list_the_model(sidecar: Sidecar, fake_ollama: FakeOllama):
     assert sidecar.upload(make_image("PNG"), make_job()).status_code == 200
-    assert [r.path for r in fake_ollama.requests] == ["/api/ps", "/api/generate", "/api/chat"]
+    paths = [r.path for r in fake_ollama.requests]
+    assert paths == ["/api/ps", "/api/tags", "/api/generate", "/api/chat"]
     fake_ollama.clear_requests()
     assert sidecar.upload(make_image("PNG"), make_job()).status_code == 200  # still loaded
     assert [r.path for r in fake_ollama.requests] == ["/api/ps", "/api/chat"]
