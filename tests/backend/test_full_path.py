@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typhoon_ocr.ocr_utils import PROMPTS_SYS
 
 from backend_client import governance
 from backend_client.client import SidecarClient
@@ -16,14 +17,23 @@ from backend_client.db import Database
 from backend_client.documents import DocumentPath, DocumentUpload
 from backend_client.errors import InvalidProfile, ModelNotAvailable
 from backend_client.resolver import SnapshotResolver
-from backend_client.services import OcrService, PromptDraft, SandboxOcrEngineService
+from backend_client.services import (
+    OcrService,
+    PromptDraft,
+    SandboxOcrEngineService,
+    failed_pages,
+)
 from sidecar.app import create_app
 from sidecar.config import Settings
+from sidecar.schemas import OcrPageResult
 from tests.fake_ollama import DEFAULT_OCR_MODEL, FakeModel, FakeOllama
+from tests.fake_ollama.server import Fault
 from tests.fixtures.documents import text_pdf
 from tests.server import ThreadedServer, serve
 
 pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+TYPHOON_INSTRUCTION = PROMPTS_SYS["v1.5"](figure_language="Thai")
 
 
 @pytest.fixture
@@ -69,7 +79,7 @@ async def test_stored_parameters_reach_ollama_and_a_change_reaches_the_next_job(
     assert response.request_id == "full-path-1"
     assert [page.page for page in response.pages] == [1, 2]
     assert all(page.complete and page.text for page in response.pages)
-    assert response.prompt.version == 1
+    assert response.prompt.version == 2
     chats = _chats(ollama)
     assert len(chats) == 2  # one call per page
     for chat in chats:
@@ -85,7 +95,7 @@ async def test_stored_parameters_reach_ollama_and_a_change_reaches_the_next_job(
         assert "{{dms_tags}}" not in system["content"]
         assert "document_type, document_number" in system["content"]
         user = chat["messages"][-1]
-        assert user["content"].startswith("Extract all text from the image.")
+        assert user["content"] == TYPHOON_INSTRUCTION  # the model's own text, byte for byte
         assert user["images"]
 
     # The operator changes the profile and activates a new prompt: no restart anywhere.
@@ -97,7 +107,7 @@ async def test_stored_parameters_reach_ollama_and_a_change_reaches_the_next_job(
     ollama.clear_requests()
     response = await service.extract(document, pages=[2])
     assert [page.page for page in response.pages] == [2]
-    assert response.prompt.version == 2
+    assert response.prompt.version == 3
     (chat,) = _chats(ollama)
     assert chat["options"]["temperature"] == 0.4
     assert "top_p" not in chat["options"]  # unset → omitted, Ollama's Modelfile value applies
@@ -123,7 +133,7 @@ async def test_sandbox_runs_a_draft_end_to_end_and_saves_nothing(
         "profile.temperature", "profile.options.num_ctx", "prompt.system_prompt", "prompt.dms_tags",
     }  # fmt: skip
     stored = await SnapshotResolver(db).resolve()
-    assert (stored.profile.temperature, stored.prompt.version) == (0.1, 1)
+    assert (stored.profile.temperature, stored.prompt.version) == (0.1, 2)
 
 
 async def test_an_invalid_sandbox_edit_reaches_nothing_downstream(
@@ -143,3 +153,40 @@ async def test_a_model_ollama_lacks_is_a_typed_error(
         await OcrService(SnapshotResolver(db), client).extract(document, request_id="rid-424")
     assert (raised.value.code, raised.value.status) == ("model_not_available", 424)
     assert raised.value.request_id == "rid-424"
+
+
+async def test_pages_stream_through_ocr_service_and_only_failed_pages_are_retried(
+    db: Database, client: SidecarClient, ollama: FakeOllama, upload_base: Path
+) -> None:
+    (upload_base / "three.pdf").write_bytes(text_pdf(3))
+    document = DocumentPath("three.pdf")
+    service = OcrService(SnapshotResolver(db), client)
+    seen: list[OcrPageResult] = []
+    whole = await service.extract(document, request_id="stream-1", on_page=seen.append)
+    assert [page.page for page in seen] == [1, 2, 3]  # from the real NDJSON stream
+    assert whole.pages == seen
+    assert (whole.request_id, whole.complete) == ("stream-1", True)
+
+    # One Ollama failure (500, not retried by the sidecar) right after the first page: a partial
+    # job. Where that call falls (after any model-load call) is measured on an identical job.
+    ollama.clear_requests()
+    await service.extract(document)
+    # Every inference call counts for `skip`: load calls go to /api/generate, pages to /api/chat.
+    calls = [r.path for r in ollama.requests if r.path in ("/api/generate", "/api/chat")]
+    first_page_call = calls.index("/api/chat")
+    ollama.clear_requests()
+    ollama.fail(Fault.ERROR_500, times=1, skip=first_page_call + 1)
+    seen.clear()
+    partial = await service.extract(document, on_page=seen.append)
+    assert failed_pages(partial) == [2], partial
+    assert not partial.complete
+    assert partial.pages[1].error is not None
+    assert partial.pages[1].error.code == "ollama_bad_response"
+    assert [page.page for page in seen] == [1, 2, 3]
+    ollama.clear_requests()
+    merged = await service.retry_failed(document, partial, on_page=seen.append)
+    assert merged.complete
+    assert [page.page for page in merged.pages] == [1, 2, 3]
+    assert merged.pages[0] == partial.pages[0]
+    assert len(_chats(ollama)) == 1  # only the failed page went to Ollama again
+    assert seen[-1].page == 2
