@@ -3,13 +3,19 @@
 The sidecar runs in a child process with a probe task on its own event loop: the probe sleeps
 1 ms again and again and records how late each wake-up was (the overshoot). Whatever runs on the
 loop without yielding (serialising a reply, joining a thread) shows up as overshoot, and it is what
-`/live`, auth and every other request wait behind. The parent measures two windows in the same
-run: idle (the baseline) and under load (clients posting 256-text /embed requests back to back),
-and, from the outside, the latency of `GET /live` during each window.
+`/live`, auth and every other request wait behind. On a shared host the overshoot also holds the
+time other processes took the CPU, so the loop also records the CPU time its own thread spends in
+each iteration (`loop_cpu_per_iteration`): that figure is the loop's own work, whatever the
+neighbours do. The parent measures two windows in the same run: idle (the baseline) and under
+load (clients posting 256-text /embed requests back to back), and, from the outside, the latency
+of `GET /live` during each window.
 
 Results are merged into bench/results/loop_lag.json under `--label` (e.g. `before` and `after` a
-change), each entry with its own idle baseline and the ratios to it. The packaged MiniLM model has
-384 dimensions, so a reply here is 256 x 384 floats (BGE-M3's are 256 x 1024: about 2.7x the work).
+change), each entry with its own idle baseline and the ratios to it. torch gets one thread
+(`--torch-threads`): on a 2-core host a model using both cores makes the loop wait for a CPU, and
+that would hide what this measures, work the loop itself does without yielding. The packaged
+MiniLM model has 384 dimensions, so a reply here is 256 x 384 floats (BGE-M3's are 256 x 1024:
+about 2.7x the work).
 
     .venv/bin/python bench/bench_loop_lag.py --label after      # ~1 minute on 2 CPU cores
 """
@@ -67,6 +73,21 @@ async def probe(samples: list[tuple[float, float]]) -> None:
         samples.append((start, time.monotonic() - start - PROBE_SLEEP_S))
 
 
+class MeasuredLoop(asyncio.SelectorEventLoop):
+    """The default loop, recording the CPU time its thread spends in each iteration (all the
+    callbacks that were ready). CPU time, not wall time: neither other processes taking the CPU
+    nor waiting for the GIL counts, only work the loop itself does before it can look again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.iterations: list[tuple[float, float]] = []
+
+    def _run_once(self) -> None:
+        started, cpu = time.monotonic(), time.thread_time()
+        super()._run_once()  # type: ignore[misc]
+        self.iterations.append((started, time.thread_time() - cpu))
+
+
 async def serve_with_probe(port: int, samples_path: Path) -> None:
     import uvicorn
 
@@ -79,14 +100,17 @@ async def serve_with_probe(port: int, samples_path: Path) -> None:
     )
     samples: list[tuple[float, float]] = []
     task = asyncio.create_task(probe(samples))
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, MeasuredLoop)
 
     def finish() -> None:
         # SIGUSR1, not SIGTERM: uvicorn re-raises SIGTERM after serving, killing us before a write.
         task.cancel()
-        samples_path.write_text(json.dumps(samples), encoding="utf-8")
+        recorded = {"sleep_overshoot": samples, "iteration_cpu": loop.iterations}
+        samples_path.write_text(json.dumps(recorded), encoding="utf-8")
         server.should_exit = True
 
-    asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, finish)
+    loop.add_signal_handler(signal.SIGUSR1, finish)
     await server.serve()
 
 
@@ -94,10 +118,12 @@ async def serve_with_probe(port: int, samples_path: Path) -> None:
 
 
 class Sidecar:
-    def __init__(self, model: str, samples_path: Path) -> None:
+    def __init__(self, model: str, samples_path: Path, torch_threads: int) -> None:
         self.port = free_port()
         self.key = secrets.token_urlsafe(32)
         self.samples_path = samples_path
+        uploads = ROOT / "var" / "bench-uploads"
+        uploads.mkdir(mode=0o700, parents=True, exist_ok=True)  # a set UPLOAD_BASE must exist
         env = dict(os.environ)
         env.update(
             {
@@ -105,10 +131,11 @@ class Sidecar:
                 "OCR_SIDECAR_EMBED_MODEL": model,
                 "OCR_SIDECAR_RERANK_MODEL": model,
                 "OCR_SIDECAR_VRAM_SOURCE": "none",
-                "OCR_SIDECAR_UPLOAD_BASE": str(ROOT / "var" / "bench-uploads"),
+                "OCR_SIDECAR_UPLOAD_BASE": str(uploads),
                 "OCR_SIDECAR_MAX_INPUTS": str(MAX_INPUTS),
                 "OCR_SIDECAR_LOG_LEVEL": "WARNING",
                 "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
+                "OMP_NUM_THREADS": str(torch_threads),
             }
         )
         command = [sys.executable, __file__, "--serve", str(self.port), str(samples_path)]
@@ -133,13 +160,14 @@ class Sidecar:
                 time.sleep(0.2)  # startup polling, not a measurement
         raise RuntimeError("sidecar did not load in time")
 
-    def stop(self) -> list[tuple[float, float]]:
+    def stop(self) -> dict[str, list[tuple[float, float]]]:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGUSR1)
             self.proc.wait(timeout=60)
         if not self.samples_path.exists():  # the child died early: its own error says why
-            return []
-        return [tuple(s) for s in json.loads(self.samples_path.read_text(encoding="utf-8"))]
+            return {"sleep_overshoot": [], "iteration_cpu": []}
+        recorded = json.loads(self.samples_path.read_text(encoding="utf-8"))
+        return {name: [(s[0], s[1]) for s in values] for name, values in recorded.items()}
 
 
 def make_texts(count: int, seed: int) -> list[str]:
@@ -197,12 +225,17 @@ def summarize(values: list[float]) -> dict[str, float]:
     ms = sorted(v * 1000 for v in values)
     if not ms:
         return {"count": 0}
-    p99 = ms[min(len(ms) - 1, round(0.99 * (len(ms) - 1)))]
+
+    def quantile(q: float) -> float:
+        return round(ms[min(len(ms) - 1, round(q * (len(ms) - 1)))], 3)
+
     return {
         "count": len(ms),
         "p50_ms": round(statistics.median(ms), 3),
-        "p99_ms": round(p99, 3),
+        "p99_ms": quantile(0.99),
+        "p999_ms": quantile(0.999),
         "max_ms": round(ms[-1], 3),
+        "over_10ms": sum(1 for v in ms if v > 10),
     }
 
 
@@ -210,9 +243,11 @@ def within(samples: list[tuple[float, float]], window: tuple[float, float]) -> l
     return [value for start, value in samples if window[0] <= start < window[1]]
 
 
-def run(model: str, clients: int, requests_each: int, idle_s: float) -> dict[str, Any]:
+def run(
+    model: str, clients: int, requests_each: int, idle_s: float, torch_threads: int
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        sidecar = Sidecar(model, Path(tmp) / "samples.json")
+        sidecar = Sidecar(model, Path(tmp) / "samples.json", torch_threads)
         try:
             sidecar.wait_loaded()
             embed_load(sidecar, 1, 2)  # warm-up: first passes allocate
@@ -227,16 +262,21 @@ def run(model: str, clients: int, requests_each: int, idle_s: float) -> dict[str
             poller.join()
         finally:
             samples = sidecar.stop()
-    lag = {"idle": summarize(within(samples, idle)), "load": summarize(within(samples, load))}
+    overshoot, cpu = samples["sleep_overshoot"], samples["iteration_cpu"]
+    lag = {"idle": summarize(within(overshoot, idle)), "load": summarize(within(overshoot, load))}
+    loop_cpu = {"idle": summarize(within(cpu, idle)), "load": summarize(within(cpu, load))}
     live = {
         "idle": summarize(within(poller.latencies, idle)),
         "load": summarize(within(poller.latencies, load)),
     }
     return {
+        "loop_cpu_per_iteration": loop_cpu,
         "loop_lag_1ms_sleep_overshoot": lag,
         "live_latency_from_outside": live,
         "ratios_load_vs_idle": {
+            "loop_cpu_max": ratio(loop_cpu, "max_ms"),
             "loop_lag_p99": ratio(lag, "p99_ms"),
+            "loop_lag_p999": ratio(lag, "p999_ms"),
             "loop_lag_max": ratio(lag, "max_ms"),
             "live_p99": ratio(live, "p99_ms"),
         },
@@ -259,16 +299,19 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2)
     parser.add_argument("--requests", type=int, default=8, help="per client")
     parser.add_argument("--idle-s", type=float, default=3.0)
+    parser.add_argument("--torch-threads", type=int, default=1)
     args = parser.parse_args()
     if args.serve:
-        asyncio.run(serve_with_probe(int(args.serve[0]), Path(args.serve[1])))
+        with asyncio.Runner(loop_factory=MeasuredLoop) as runner:
+            runner.run(serve_with_probe(int(args.serve[0]), Path(args.serve[1])))
         return
     model = args.model or default_model()
-    result = run(model, args.clients, args.requests, args.idle_s)
+    result = run(model, args.clients, args.requests, args.idle_s, args.torch_threads)
     result["environment"] = {
         "model": Path(model).name,
         "reply_shape": [MAX_INPUTS, "model dimension (384 for MiniLM)"],
         "clients": args.clients,
+        "torch_threads": args.torch_threads,
         "cpu_count": os.cpu_count(),
         "python": platform.python_version(),
         "load_average_1m_after": round(os.getloadavg()[0], 2),

@@ -106,6 +106,8 @@ class Sidecar:
     def __init__(self, model: str) -> None:
         self.port = free_port()
         self.key = secrets.token_urlsafe(32)
+        uploads = ROOT / "var" / "bench-uploads"
+        uploads.mkdir(mode=0o700, parents=True, exist_ok=True)  # a set UPLOAD_BASE must exist
         env = dict(os.environ)
         env.update(
             {
@@ -113,7 +115,7 @@ class Sidecar:
                 "OCR_SIDECAR_EMBED_MODEL": model,
                 "OCR_SIDECAR_RERANK_MODEL": model,
                 "OCR_SIDECAR_VRAM_SOURCE": "none",
-                "OCR_SIDECAR_UPLOAD_BASE": str(ROOT / "var" / "bench-uploads"),
+                "OCR_SIDECAR_UPLOAD_BASE": str(uploads),
                 "OCR_SIDECAR_MAX_INPUTS": "1024",
                 "OCR_SIDECAR_LOG_LEVEL": "WARNING",
                 "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
