@@ -44,11 +44,27 @@ def test_ollama_500_text_is_passed_on(sidecar: Sidecar, fake_ollama: FakeOllama)
     assert "HTTP 500" in body["detail"] and "llama runner process has terminated" in body["detail"]
 
 
-def test_busy_ollama_is_503_with_retry_after(sidecar: Sidecar, fake_ollama: FakeOllama):
-    fake_ollama.fail(Fault.BUSY_503, times=1)
+@pytest.mark.parametrize("on", ["load call", "page call"])
+def test_busy_ollama_is_retried_then_succeeds(sidecar: Sidecar, fake_ollama: FakeOllama, on: str):
+    fake_ollama.fail(Fault.BUSY_503, times=2, skip=0 if on == "load call" else 1)
+    response = sidecar.upload(PNG, make_job())
+    assert response.status_code == 200, response.text
+    assert response.json()["complete"] is True
+    assert sidecar.metric("sidecar_ollama_retries_total") == 2
+    path = "/api/generate" if on == "load call" else "/api/chat"
+    assert len(fake_ollama.bodies(path)) == 3  # two busy answers, then the real one
+
+
+def test_ollama_busy_past_the_page_budget_is_503_with_retry_after(
+    start_sidecar, fake_ollama: FakeOllama
+):
+    sidecar = start_sidecar(ollama_timeout_s=0.5)  # the page budget the retries stay inside
+    fake_ollama.fail(Fault.BUSY_503)
     response = sidecar.upload(PNG, make_job())
     assert_problem(response, 503, "ollama_unavailable")
     assert int(response.headers["retry-after"]) > 0
+    assert 1 <= sidecar.metric("sidecar_ollama_retries_total") <= 2  # 0.25 s, then 0.5 s > budget
+    fake_ollama.clear_faults()
     assert_healthy(sidecar)
 
 
@@ -61,7 +77,7 @@ def test_unreachable_ollama_is_503_and_not_ready(sidecar: Sidecar, fake_ollama: 
     assert fake_ollama.url not in body["detail"]
     ready = sidecar.client.get("/ready")
     assert_problem(ready, 503, "not_ready")
-    assert "ollama unreachable" in ready.json()["reasons"]
+    assert f"ollama unreachable at {fake_ollama.url}" in ready.json()["detail"]
     health = sidecar.client.get("/health").json()
     assert health["ollama"]["reachable"] is False
     assert sidecar.client.get("/live").status_code == 200
@@ -100,9 +116,12 @@ def test_no_connection_leaks_after_faults(start_sidecar, fake_ollama: FakeOllama
     sidecar = start_sidecar(max_concurrent_ocr=1, ollama_timeout_s=0.3)
     pool_size = 5
     for _ in range(2):
-        for fault in [*BAD_RESPONSES, Fault.BUSY_503]:
+        for fault in BAD_RESPONSES:
             fake_ollama.fail(fault, times=1)  # the load call, or the page call once loaded
-            assert sidecar.upload(PNG, make_job()).status_code in (502, 503)
+            assert sidecar.upload(PNG, make_job()).status_code == 502
+        fake_ollama.fail(Fault.BUSY_503)  # busy past the retries' budget
+        assert sidecar.upload(PNG, make_job()).status_code == 503
+        fake_ollama.clear_faults()
         fake_ollama.hold()
         try:
             for _ in range(pool_size + 1):
