@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 
+from sidecar.config import Settings
 from sidecar.devices import DeviceManager, PlacementWatcher
 from sidecar.observability import Metrics
+from sidecar.retrieval.service import device_manager_from_settings
 from sidecar.vram_monitor import VramSnapshot
 
 TOTAL_MIB = 16000
@@ -62,7 +64,12 @@ def tiny_model() -> torch.nn.Module:
 @pytest.fixture
 def rig() -> Callable[..., tuple[DeviceManager, ScriptedVram, FakeClock, CacheSpy, Metrics]]:
     def build(
-        *, cuda: bool = True, mode: str = "auto", settle_s: float = 30.0
+        *,
+        cuda: bool = True,
+        mode: str = "auto",
+        settle_s: float = 30.0,
+        llm_reserve_mib: int = 0,
+        priority_loaded: Callable[[], bool | None] = lambda: None,
     ) -> tuple[DeviceManager, ScriptedVram, FakeClock, CacheSpy, Metrics]:
         vram, clock, spy, metrics = ScriptedVram(), FakeClock(), CacheSpy(), Metrics()
         manager = DeviceManager(
@@ -72,6 +79,8 @@ def rig() -> Callable[..., tuple[DeviceManager, ScriptedVram, FakeClock, CacheSp
             pressure_pct=85.0,
             headroom_mib=500,
             settle_s=settle_s,
+            llm_reserve_mib=llm_reserve_mib,
+            priority_loaded=priority_loaded,
             cuda_available=lambda: cuda,
             gpu_device="cpu",
             empty_cache=spy,
@@ -233,3 +242,57 @@ def test_watcher_evacuates_an_idle_model(rig: Callable[..., tuple]) -> None:
     finally:
         watcher.stop()
     assert placed.device == "cpu"
+
+
+@dataclass
+class PriorityModel:
+    """What the OCR side reports: is a priority model (the LLM) loaded? None = unknown."""
+
+    loaded: bool | None = None
+
+    def __call__(self) -> bool | None:
+        return self.loaded
+
+
+@pytest.mark.parametrize("reported", [None, False])
+def test_a_move_up_keeps_the_llm_reserve_until_a_priority_model_is_loaded(
+    rig: Callable[..., tuple], reported: bool | None
+) -> None:
+    priority = PriorityModel(reported)
+    manager, vram, clock, _spy, metrics = rig(llm_reserve_mib=9000, priority_loaded=priority)
+    vram.used_mib = 8000  # 8000 MiB free: the model fits, but not beside a 9000 MiB reserve
+    placed = manager.add("embed", tiny_model())
+    assert placed.device == "cpu"
+    assert placed.reason == "llm reserve: 7499 MiB would be free < 9000 MiB kept for the LLM"
+    assert all(p.dtype == torch.float32 for p in placed.module.parameters())
+    assert manager.reconcile(placed) == "cpu"
+
+    # The LLM loaded: its memory is in `used` now (8000 MiB used is it), the reserve is spent.
+    priority.loaded = True
+    assert manager.reconcile(placed) == "cpu" and placed.reason.startswith("settling")
+    clock.now += 30.0
+    assert manager.reconcile(placed) == "cuda"
+    assert all(p.dtype == torch.float16 for p in placed.module.parameters())
+    assert sample(metrics, "sidecar_model_on_gpu", model="embed") == 1.0
+
+
+def test_the_reserve_never_pushes_a_model_off_the_gpu(rig: Callable[..., tuple]) -> None:
+    """The reserve gates moves up only: a model already on the GPU stays below the pressure mark
+    even when the LLM is unloaded and less than the reserve is free."""
+    manager, vram, _clock, spy, _metrics = rig(llm_reserve_mib=9000, priority_loaded=lambda: False)
+    placed = manager.add("embed", tiny_model())
+    assert placed.device == "cuda"
+    vram.used_mib = 12_000  # 75%: under the 85% mark, 4000 MiB free < the reserve
+    assert manager.reconcile(placed) == "cuda" and spy.calls == 0
+
+
+def test_the_service_builds_its_manager_with_the_reserve_setting(
+    make_settings: Callable[..., Settings],
+) -> None:
+    priority = PriorityModel(True)
+    settings = make_settings(llm_reserve_mib=7000)
+    manager = device_manager_from_settings(settings, ScriptedVram(), Metrics(), priority)
+    assert manager.llm_reserve_mib == 7000
+    assert manager.priority_loaded() is True
+    priority.loaded = False
+    assert manager.priority_loaded() is False
