@@ -7,6 +7,8 @@ drains at once: no job runs) and must exit 0.
 
 Baselines, measured the same way in the same run, so the figure means the same on any machine:
 - `python -c pass`: the interpreter alone, the floor no Python server can beat;
+- `python -c "import fastapi, httpx, uvicorn, pydantic_settings"`: the web stack the sidecar is
+  built on, the floor of any server like it (httpx alone pulls in rich and click for its CLI);
 - `python -c "import torch"`: what importing torch before binding (as the sidecar once did)
   would add by itself, before a single model weight is read.
 
@@ -37,7 +39,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 POLL_S = 0.005
-TARGET_LIVE_S = 1.0  # issue 11.9: /live in under a second from process start
+TARGET_LIVE_S = 1.0
+WEB_STACK = "import fastapi, httpx, uvicorn, pydantic_settings"  # issue 11.9: /live in under a second from process start
 
 
 def free_port() -> int:
@@ -122,20 +125,30 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         (workdir / "api-key").write_text(secrets.token_urlsafe(32) + "\n", encoding="utf-8")
-        interpreter, torch_import, live = [], [], []
+        interpreter, web_stack, torch_import, live = [], [], [], []
         for _ in range(args.starts):  # interleaved: a slow moment hurts every series alike
             interpreter.append(time_command("pass"))
+            web_stack.append(time_command(WEB_STACK))
             torch_import.append(time_command("import torch"))
             live.append(time_to_live(workdir))
     result = {
         "benchmark": "process start -> first GET /live 200",
         "starts": args.starts,
-        "host": {"python": platform.python_version(), "cpus": os.cpu_count()},
+        "host": {
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+            # A busy host slows every series; the ratios are what carries over.
+            "load_average_1m": round(os.getloadavg()[0], 2),
+        },
         "sidecar_live": summary(live),
         "baseline_python_pass": summary(interpreter),
+        "baseline_import_web_stack": summary(web_stack),
         "baseline_import_torch": summary(torch_import),
         "ratio_live_vs_python_pass": round(
             statistics.median(live) / statistics.median(interpreter), 2
+        ),
+        "ratio_live_vs_import_web_stack": round(
+            statistics.median(live) / statistics.median(web_stack), 2
         ),
         "ratio_live_vs_import_torch": round(
             statistics.median(live) / statistics.median(torch_import), 2

