@@ -12,7 +12,6 @@ no further page and releases the admission slot. Counted in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -43,6 +42,7 @@ async def wait_for_disconnect(receive: Receive) -> None:
 class OcrRun:
     def __init__(self, job: Job, receive: Receive, metrics: Metrics) -> None:
         self.metrics = metrics
+        self._cancelled = False
         self._events: asyncio.Queue[Event | _Failed] = asyncio.Queue()
         self._job = asyncio.create_task(self._produce(job), name="ocr-job")
         self._watch = asyncio.create_task(self._watch_caller(receive), name="ocr-disconnect")
@@ -64,8 +64,12 @@ class OcrRun:
         self.cancel()
 
     def cancel(self) -> None:
-        """Stop the job because the caller is gone (nothing happens once it has ended)."""
-        if not self._job.done():
+        """Stop the job because the caller is gone (nothing happens once it has ended).
+
+        Only once: a second `Task.cancel()` would interrupt httpx while it closes the Ollama
+        connection, and that connection would stay open with Ollama still generating."""
+        if not self._job.done() and not self._cancelled:
+            self._cancelled = True
             self.metrics.ocr_cancelled.labels("client_gone").inc()
             self._job.cancel()
 
@@ -78,9 +82,15 @@ class OcrRun:
         return event
 
     async def close(self) -> None:
-        """Stop the job if it still runs and wait until it has let go of everything."""
+        """Stop the job if it still runs and wait until it has let go of everything.
+
+        `asyncio.wait`, not `await task`: a caller that is itself being cancelled (Starlette
+        cancels the stream's task again and again until it ends) must not pass each of those
+        cancellations on to the job, or they would cut httpx off while it closes the Ollama
+        connection, and Ollama would go on generating for nobody."""
         self.cancel()
         self._watch.cancel()
+        await asyncio.wait((self._job, self._watch))
         for task in (self._job, self._watch):
-            with contextlib.suppress(BaseException):
-                await task
+            if not task.cancelled():
+                task.exception()  # retrieved: the reader already got the job's error

@@ -18,6 +18,7 @@ import pytest
 from sidecar.app import create_app
 from sidecar.config import Settings
 from sidecar.observability import Metrics
+from sidecar.vram_monitor import FileVramMonitor
 from tests.fake_ollama import DEFAULT_LLM_MODEL, DEFAULT_OCR_MODEL, FakeModel, FakeOllama
 from tests.fixtures.jobs import BASE_JOB, make_job  # noqa: F401 - re-exported to the tests
 from tests.server import ThreadedServer
@@ -62,7 +63,7 @@ class VramFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.set(total_mib=16311, used_mib=4000)
+        self.set(total_mib=16311, used_mib=2000)  # room for the OCR model and the LLM reserve
 
     @property
     def source(self) -> str:
@@ -141,7 +142,11 @@ def start_sidecar(
             values.update(overrides)
             settings = make_settings(**values)
             metrics = Metrics()
-            app = create_app(settings, metrics=metrics, retrieval=IdleRetrieval())
+            # The file read on every call (not sampled each second): a test's write shows at once.
+            vram_now = FileVramMonitor(vram.path)
+            app = create_app(
+                settings, metrics=metrics, retrieval=IdleRetrieval(), vram_monitor=vram_now
+            )
             server = ThreadedServer(app).start()
             stack.callback(server.stop)
             client = httpx.Client(base_url=server.url, headers={"X-API-Key": api_key}, timeout=30)

@@ -1,0 +1,213 @@
+"""Long OCR jobs over real HTTP against the fake Ollama: a caller that goes away, a page that
+fails, the NDJSON stream, the job deadline, and one model load per job (DESIGN.md §4, §5)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.fake_ollama import FakeOllama, Fault
+from tests.fixtures.documents import make_image, multipage_tiff
+from tests.ocr.conftest import LLM_MODEL, Sidecar, eventually, make_job
+from tests.ocr.test_ocr_api import assert_problem, fake_ollama_load
+
+NDJSON = {"Accept": "application/x-ndjson"}
+
+
+def page_calls(fake: FakeOllama) -> int:
+    return len(fake.bodies("/api/chat"))
+
+
+def upload_kwargs(data: bytes, job: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"files": {"file": ("doc.tiff", data), "job": (None, json.dumps(job or make_job()))}}
+
+
+@asynccontextmanager
+async def async_client(sidecar: Sidecar) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(
+        base_url=sidecar.url, headers=sidecar.client.headers, timeout=30
+    ) as client:
+        yield client
+
+
+async def until(predicate: Any) -> None:
+    assert await asyncio.to_thread(eventually, predicate)
+
+
+def active_jobs(sidecar: Sidecar) -> int:
+    return sidecar.client.get("/health").json()["queues"]["ocr"]["active"]
+
+
+# --- the caller goes away ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "ndjson"])
+async def test_a_caller_that_disconnects_stops_the_job_at_once(
+    start_sidecar, fake_ollama: FakeOllama, stream: bool
+):
+    sidecar = start_sidecar(max_concurrent_ocr=1)
+    fake_ollama.hold(after=1)  # page 1 is answered, page 2 waits in "Ollama"
+    async with async_client(sidecar) as client:
+        headers = NDJSON if stream else {}
+        request = client.build_request("POST", "/ocr", headers=headers, **upload_kwargs(
+            multipage_tiff(5)))  # fmt: skip
+        job = asyncio.create_task(client.send(request, stream=True))
+        await until(lambda: fake_ollama.held == 1)
+        if stream:  # the first line (page 1) is already here; then the caller hangs up
+            response = await job
+            first = json.loads(await anext(response.aiter_lines()))
+            assert (first["event"], first["page"]) == ("page", 1)
+            await response.aclose()
+        else:
+            job.cancel()
+        # the in-flight page call was closed, so Ollama stopped generating it ...
+        assert await asyncio.to_thread(fake_ollama.wait_for, lambda f: f.client_gone == 1)
+        # ... the job let go of its slot, and no further page was sent
+        await until(lambda: active_jobs(sidecar) == 0)
+        assert page_calls(fake_ollama) == 2
+        labels = {"reason": "client_gone"}
+        assert sidecar.metric("sidecar_ocr_jobs_cancelled_total", labels) == 1
+    fake_ollama.release()
+    next_job = sidecar.upload(make_image("PNG", (1800, 1200)), make_job())  # the slot is free
+    assert next_job.status_code == 200, next_job.text
+    assert page_calls(fake_ollama) == 3
+
+
+# --- partial results ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("fault", "code"),
+    [(Fault.ERROR_500, "ollama_bad_response"), (Fault.CUT, "ollama_bad_response")],
+)
+def test_a_failed_page_does_not_throw_the_others_away(
+    sidecar: Sidecar, fake_ollama: FakeOllama, fault: Fault, code: str
+):
+    fake_ollama.fail(fault, times=1, skip=3)  # the load call, pages 1 and 2, then page 3 fails
+    response = sidecar.upload(multipage_tiff(5), make_job())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["complete"] is False
+    assert [page["page"] for page in body["pages"]] == [1, 2, 3, 4, 5]
+    failed = body["pages"][2]
+    assert failed["text"] is None and failed["complete"] is False
+    assert failed["error"]["code"] == code and failed["error"]["detail"]
+    for page in body["pages"][:2] + body["pages"][3:]:
+        assert page["complete"] is True and page["error"] is None
+        assert page["text"].startswith("Fake OCR text")
+    assert page_calls(fake_ollama) == 5
+
+
+def test_a_failure_before_any_page_succeeded_fails_the_request(
+    sidecar: Sidecar, fake_ollama: FakeOllama
+):
+    fake_ollama.fail(Fault.ERROR_500, times=1, skip=1)  # page 1 of 3
+    assert_problem(sidecar.upload(multipage_tiff(3), make_job()), 502, "ollama_bad_response")
+    assert page_calls(fake_ollama) == 1  # the job stopped there
+
+
+# --- streaming ---------------------------------------------------------------------------------
+
+
+async def test_ndjson_lines_arrive_while_the_job_still_runs(
+    sidecar: Sidecar, fake_ollama: FakeOllama
+):
+    fake_ollama.hold(after=1)
+    async with async_client(sidecar) as client:
+        kwargs = upload_kwargs(multipage_tiff(3))
+        async with client.stream("POST", "/ocr", headers=NDJSON, **kwargs) as response:
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("application/x-ndjson")
+            lines = response.aiter_lines()
+            first = json.loads(await anext(lines))  # the job cannot end: page 2 is held
+            assert first["event"] == "page" and first["page"] == 1 and first["complete"]
+            await until(lambda: fake_ollama.held == 1)
+            fake_ollama.release()
+            rest = [json.loads(line) async for line in lines]
+    assert [(e["event"], e.get("page")) for e in rest] == [("page", 2), ("page", 3),
+                                                         ("done", None)]  # fmt: skip
+    done = rest[-1]
+    assert done["complete"] is True and "pages" not in done
+    assert done["residency"]["loads"] == 1 and done["model"] == make_job()["profile"]["model"]
+    assert done["request_id"] == response.headers["x-request-id"]
+
+
+def test_errors_before_the_first_page_keep_their_status_when_streaming(
+    sidecar: Sidecar, fake_ollama: FakeOllama
+):
+    def stream(data: bytes, job: dict[str, Any]) -> httpx.Response:
+        return sidecar.client.post("/ocr", headers=NDJSON, **upload_kwargs(data, job))
+
+    unknown = make_job(profile={"model": "scb10x/typhoon-ocr-9b"})
+    assert_problem(stream(multipage_tiff(2), unknown), 424, "model_not_available")
+    assert_problem(stream(b"not a document", make_job()), 415, "unsupported_media_type")
+    assert_problem(stream(multipage_tiff(2), make_job(pages=[3])), 422, "validation_error")
+    fake_ollama.fail(Fault.ERROR_500, times=1, skip=1)
+    assert_problem(stream(multipage_tiff(2), make_job()), 502, "ollama_bad_response")
+
+
+def test_a_failed_page_is_a_page_line_with_its_error(sidecar: Sidecar, fake_ollama: FakeOllama):
+    fake_ollama.fail(Fault.ERROR_500, times=1, skip=2)  # page 2 of 3
+    response = sidecar.client.post("/ocr", headers=NDJSON, **upload_kwargs(multipage_tiff(3)))
+    events = [json.loads(line) for line in response.text.splitlines()]
+    assert [e["event"] for e in events] == ["page", "page", "page", "done"]
+    assert events[1]["error"]["code"] == "ollama_bad_response" and events[1]["text"] is None
+    assert events[-1]["complete"] is False
+
+
+# --- the job deadline --------------------------------------------------------------------------
+
+
+def test_a_job_past_its_deadline_returns_the_pages_done(start_sidecar, fake_ollama: FakeOllama):
+    sidecar = start_sidecar(ocr_job_timeout_s=1.5)
+    fake_ollama.hold(after=1)  # page 2 never comes back on its own
+    response = sidecar.upload(multipage_tiff(4), make_job())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["complete"] is False
+    assert body["pages"][0]["complete"] is True
+    assert [(p["page"], p["error"]["code"]) for p in body["pages"][1:]] == [
+        (2, "job_timeout"), (3, "job_timeout"), (4, "job_timeout")]  # fmt: skip
+    assert fake_ollama.wait_for(lambda f: f.client_gone == 1)  # page 2's call was closed
+    assert page_calls(fake_ollama) == 2
+    assert sidecar.metric("sidecar_ocr_jobs_cancelled_total", {"reason": "deadline"}) == 1
+    fake_ollama.release()
+
+
+def test_a_job_past_its_deadline_before_any_page_is_504(start_sidecar, fake_ollama: FakeOllama):
+    sidecar = start_sidecar(ocr_job_timeout_s=1.0)
+    fake_ollama.hold()
+    assert_problem(sidecar.upload(multipage_tiff(2), make_job()), 504, "job_timeout")
+    assert fake_ollama.wait_for(lambda f: f.client_gone == 1)
+    assert active_jobs(sidecar) == 0
+    fake_ollama.release()
+
+
+# --- residency over the job --------------------------------------------------------------------
+
+
+def test_a_twenty_page_job_loads_the_model_once(sidecar: Sidecar, fake_ollama: FakeOllama):
+    response = sidecar.upload(multipage_tiff(20), make_job())
+    assert response.status_code == 200, response.text
+    assert len(fake_ollama.load_events) == 1
+    assert response.json()["residency"]["loads"] == 1
+    assert sidecar.metric("sidecar_ocr_job_loads_sum") == 1
+    keep_alives = [body["keep_alive"] for body in fake_ollama.bodies("/api/chat")]
+    assert keep_alives[:-1] == ["60s"] * 19  # held for the job, never 0 between pages
+    assert keep_alives[-1] == response.json()["residency"]["keep_alive"]
+
+
+def test_priority_loaded_follows_the_last_ps_seen(sidecar: Sidecar, fake_ollama: FakeOllama):
+    pipeline = sidecar.server.server.config.app.state.ctx.ocr
+    assert pipeline.priority_loaded() is None  # no /api/ps seen yet
+    assert sidecar.upload(make_image("PNG", (1800, 1200)), make_job()).status_code == 200
+    assert pipeline.priority_loaded() is False
+    fake_ollama_load(fake_ollama, LLM_MODEL)
+    assert sidecar.client.get("/health").json()["ollama"]["reachable"] is True
+    assert pipeline.priority_loaded() is True
