@@ -30,7 +30,14 @@ from tests.deploy.compose_files import (
 )
 
 # Files of this part of the tree that must never carry a key.
-DEPLOY_FILES = [DOCKERFILE, COMPOSE, COMPOSE_PHASE2, ENV_EXAMPLE, REPO / "README.md"]
+DEPLOY_FILES = [
+    DOCKERFILE,
+    COMPOSE,
+    COMPOSE_PHASE2,
+    ENV_EXAMPLE,
+    REPO / "README.md",
+    REPO / "docs" / "operations.md",  # the deploy and rotation runbooks
+]
 SECRET_NAME = re.compile(r"KEY|SECRET|TOKEN|PASSWORD", re.IGNORECASE)
 
 
