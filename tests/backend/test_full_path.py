@@ -4,6 +4,7 @@ real loopback HTTP: the database rows are what Ollama receives, job after job.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -190,3 +191,24 @@ async def test_pages_stream_through_ocr_service_and_only_failed_pages_are_retrie
     assert merged.pages[0] == partial.pages[0]
     assert len(_chats(ollama)) == 1  # only the failed page went to Ollama again
     assert seen[-1].page == 2
+
+
+async def test_leaving_a_stream_early_cancels_the_rest_of_the_job(
+    db: Database, client: SidecarClient, ollama: FakeOllama, upload_base: Path
+) -> None:
+    (upload_base / "three.pdf").write_bytes(text_pdf(3))
+    document = DocumentPath("three.pdf")
+    snapshot = await SnapshotResolver(db).resolve()
+    ollama.hold(after=1)  # page calls only: page 1 is answered, page 2 waits in "Ollama"
+    try:
+        async with client.ocr_stream(snapshot.job(), document) as stream:
+            async for page in stream:
+                assert page.page == 1
+                assert await asyncio.to_thread(ollama.wait_for, lambda fake: fake.held == 1)
+                break  # the caller has what it needs while page 2 is in "Ollama"
+        # Closing the stream closed the connection: the sidecar dropped page 2's Ollama call...
+        assert await asyncio.to_thread(ollama.wait_for, lambda fake: fake.client_gone == 1)
+        # ...and never sent page 3.
+        assert len(_chats(ollama)) == 2
+    finally:
+        ollama.release()
