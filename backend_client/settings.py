@@ -26,7 +26,8 @@ class BackendSettings(BaseSettings):
     sidecar_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("OCR_SIDECAR_API_KEY", "sidecar_api_key")
     )
-    # A whole document may take minutes on the sidecar (one Ollama call per page).
+    # The longest wait for the sidecar's next bytes: a whole non-streamed document (minutes, one
+    # Ollama call per page), or the next page of a streamed one.
     sidecar_timeout_s: float = Field(
         900.0,
         gt=0,
