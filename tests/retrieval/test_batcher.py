@@ -210,3 +210,62 @@ async def test_one_batch_answers_requests_from_several_event_loops() -> None:
         assert sorted(runner.batches[1]) == [2, 3, 4, 5]  # all four shared one batch
     finally:
         batcher.close()
+
+
+async def test_items_being_prepared_hold_their_places_and_the_refusal_comes_first() -> None:
+    runner = GatedRunner()
+    metrics = Metrics()
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        "embed", runner, max_batch_tokens=1000, max_queued_items=4, metrics=metrics
+    )
+    batcher.start()
+    try:
+        with batcher.admission(3):
+            assert (batcher.preparing, batcher.depth) == (3, 0)
+            assert batcher.is_overloaded(2) and not batcher.is_overloaded(1)
+            with pytest.raises(Overloaded) as refused, batcher.admission(2):
+                pytest.fail("admitted past a full queue")
+            assert refused.value.status == 429 and refused.value.code == "overloaded"
+            assert refused.value.headers["Retry-After"] == str(refused.value.retry_after_s)
+            with pytest.raises(Overloaded):  # submitting counts the prepared places too
+                await batcher.submit([9, 9], [1, 1], as_is)
+        assert batcher.preparing == 0  # released on the way out, even after a refusal
+        rejected = metrics.registry.get_sample_value(
+            "sidecar_retrieval_rejected_total", {"kind": "embed"}
+        )
+        assert rejected == 2.0
+        runner.gate.set()
+        assert (await batcher.submit([1, 2, 3, 4], [1] * 4, as_is)).outputs == [2, 4, 6, 8]
+    finally:
+        batcher.close()
+    with pytest.raises(BatcherClosed), batcher.admission(1):
+        pytest.fail("admitted after close")
+
+
+async def test_finish_runs_in_the_worker_and_a_failing_one_fails_only_its_request() -> None:
+    runner = GatedRunner()
+    batcher = make(runner)
+    threads: list[str] = []
+
+    def described(done: Completed[int]) -> str:
+        threads.append(threading.current_thread().name)
+        return f"{done.outputs} on {done.device}"
+
+    def broken(done: Completed[int]) -> str:
+        raise ValueError("cannot build this reply")
+
+    try:
+        blocker = asyncio.create_task(batcher.submit([1], [1], described))
+        await wait_for(batcher, lambda b: b.running == 1)
+        bad = asyncio.create_task(batcher.submit([2], [1], broken))
+        good = asyncio.create_task(batcher.submit([3, 4], [1, 1], described))
+        await wait_for(batcher, lambda b: b.depth == 3)
+        runner.gate.set()
+        assert await blocker == "[2] on cpu"
+        with pytest.raises(ValueError, match="cannot build"):
+            await bad
+        assert await good == "[6, 8] on cpu"
+        assert threads == ["batcher-embed", "batcher-embed"]
+        assert len(runner.batches) == 2  # the failing finish did not cost its batch mates
+    finally:
+        batcher.close()
