@@ -25,9 +25,10 @@ from typing import Any
 
 import torch
 
+from sidecar.units import MIB
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = ROOT / "bench" / "results" / "retrieval_gpu.json"
-MIB = 1024 * 1024
 HOG_STEP_MIB = 512
 TEXTS = [
     "The invoice total is 1,250 baht, due in thirty days.",
