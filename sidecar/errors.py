@@ -152,8 +152,11 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         exc.status_code, "validation_error" if exc.status_code < 500 else "internal_error"
     )
     detail = exc.detail if isinstance(exc.detail, str) else CODES[code][1]
+    # A client error with no code of its own (FastAPI's 400 for a body that is not JSON text)
+    # answers with validation_error's documented status, not a status the schema never lists.
+    status = CODES[code][0] if code == "validation_error" else exc.status_code
     return problem_response(
-        request, code, detail, status=exc.status_code, headers=getattr(exc, "headers", None)
+        request, code, detail, status=status, headers=getattr(exc, "headers", None)
     )
 
 

@@ -7,8 +7,8 @@ Shared by `test_hostile_paths.py` (CI size) and `bench/bench_reliability.py` (fu
   and beside it `outside/secret.pdf` carrying `SECRET_MARKER`, readable by uid 1000.
 - `corpus_paths`: a deterministic corpus (/proc, /dev, traversal in every encoding, long names,
   non-UTF-8 bytes); `hostile_path_strategy`: a hypothesis generator composing the same parts.
-- `UnprivilegedSidecar`: `python -m sidecar` under `setpriv --reuid 1000`, optionally audited by
-  `strace -f -y` (every file the process opens while under attack, with its resolved path).
+- `unprivileged_sidecar`: `python -m sidecar` under `setpriv --reuid 1000`; `StraceAudit`:
+  `strace -f -y` on it (every file the process opens while under attack, with its resolved path).
 - `open_fds`: what /proc/<pid>/fd points at, to find leaked or outside descriptors.
 """
 
@@ -33,14 +33,14 @@ from pathlib import Path
 import httpx
 from hypothesis import strategies as st
 
-from tests.deploy.sidecar_process import SidecarProcess, sidecar_env
+from tests.deploy.sidecar_process import sidecar_env
 from tests.fixtures.jobs import make_job
+from tests.reliability.processes import RunningSidecar, running_sidecar
 from tests.server import free_port
 
 PRODUCTION_UID = 1000  # the container's user (Dockerfile)
 SECRET_MARKER = b"H5-OUTSIDE-SECRET-MARKER"
 REFUSED = frozenset({403, 404, 415})
-STARTUP_DEADLINE_S = 90
 
 
 def privilege_drop_reason() -> str | None:
@@ -219,38 +219,28 @@ def open_fds(pid: int) -> dict[int, str]:
     return table
 
 
-@dataclass
-class UnprivilegedSidecar:
-    url: str
-    api_key: str
-    process: SidecarProcess
-    strace_log: Path | None = None
-    strace: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+class StraceAudit:
+    """`strace -f -y` attached to every thread of a running process, logging successful opens."""
 
-    @property
-    def pid(self) -> int:
-        assert self.process.process is not None
-        return self.process.process.pid
-
-    def start_audit(self, log: Path) -> None:
-        """Attach strace to every thread; returns once all current threads are traced."""
-        self.strace_log = log
+    def __init__(self, pid: int, log: Path) -> None:
+        self.pid = pid
+        self.log = log
         self.strace = subprocess.Popen(
-            [*STRACE_OPENS, "-o", str(log), "-p", str(self.pid)],
+            [*STRACE_OPENS, "-o", str(log), "-p", str(pid)],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + 30
-        while not all_threads_traced(self.pid):
+        while not all_threads_traced(pid):
             assert self.strace.poll() is None, f"strace exited: {self.strace.returncode}"
             assert time.monotonic() < deadline, "strace did not attach"
             time.sleep(0.01)  # polling interval of a bounded wait
 
-    def stop_audit(self) -> list[OpenedFile]:
-        assert self.strace is not None and self.strace_log is not None
-        self.strace.terminate()
-        self.strace.wait(timeout=30)
-        return parse_strace_opens(self.strace_log.read_text(errors="replace"))
+    def stop(self) -> list[OpenedFile]:
+        if self.strace.poll() is None:
+            self.strace.terminate()
+            self.strace.wait(timeout=30)
+        return parse_strace_opens(self.log.read_text(errors="replace"))
 
 
 # Successful opens only, with resolved descriptor paths (-y); seccomp-bpf stops the tracee only
@@ -270,34 +260,17 @@ def all_threads_traced(pid: int) -> bool:
 @contextmanager
 def unprivileged_sidecar(
     tree: HostileTree, ollama_url: str, api_key: str
-) -> Iterator[UnprivilegedSidecar]:
+) -> Iterator[RunningSidecar]:
     """`python -m sidecar` as uid/gid 1000 with no supplementary groups and no capabilities."""
-    port = free_port()
-    env = sidecar_env(tree.base, api_key=api_key, port=str(port), ollama_url=ollama_url)
+    env = sidecar_env(tree.base, api_key=api_key, port=str(free_port()), ollama_url=ollama_url)
     # No retrieval models: the path guard is under test, not torch (and uid 1000 has no HOME).
-    env |= {"OCR_SIDECAR_EMBED_MODEL": str(tree.root / "no-model"), "HOME": str(tree.root)}
-    env["OCR_SIDECAR_RERANK_MODEL"] = env["OCR_SIDECAR_EMBED_MODEL"]
+    no_model = str(tree.root / "no-model")
+    env |= {"OCR_SIDECAR_EMBED_MODEL": no_model, "OCR_SIDECAR_RERANK_MODEL": no_model}
+    env["HOME"] = str(tree.root)
     uid = str(PRODUCTION_UID)
     wrapper = ["setpriv", "--reuid", uid, "--regid", uid, "--clear-groups", "--inh-caps=-all"]
-    process = SidecarProcess(env, tree.root, wrapper).start()
-    sidecar = UnprivilegedSidecar(f"http://127.0.0.1:{port}", api_key, process)
-    try:
-        deadline = time.monotonic() + STARTUP_DEADLINE_S
-        while True:  # bounded wait for the port to answer
-            assert process.alive(), process.output()
-            try:
-                if httpx.get(f"{sidecar.url}/live", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, f"sidecar did not start:\n{process.output()}"
-            time.sleep(0.05)  # polling interval of a bounded wait
+    with running_sidecar(env, tree.root, api_key, wrapper=wrapper) as sidecar:
         yield sidecar
-    finally:
-        if sidecar.strace is not None and sidecar.strace.poll() is None:
-            sidecar.strace.terminate()
-            sidecar.strace.wait(timeout=30)
-        process.stop()
 
 
 @dataclass

@@ -11,7 +11,6 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import new_api_key
@@ -22,7 +21,7 @@ from tests.reliability.hostile import (
     REFUSED,
     AttackResult,
     HostileTree,
-    UnprivilegedSidecar,
+    StraceAudit,
     build_tree,
     corpus_paths,
     hostile_path_strategy,
@@ -32,6 +31,7 @@ from tests.reliability.hostile import (
     send_paths,
     unprivileged_sidecar,
 )
+from tests.reliability.processes import RunningSidecar
 
 GENERATED_IN_CI = 1500
 SEED = 12
@@ -60,12 +60,12 @@ def fake() -> Iterator[FakeOllama]:
 
 
 @pytest.fixture(scope="module")
-def sidecar(tree: HostileTree, fake: FakeOllama) -> Iterator[UnprivilegedSidecar]:
+def sidecar(tree: HostileTree, fake: FakeOllama) -> Iterator[RunningSidecar]:
     with unprivileged_sidecar(tree, fake.url, new_api_key()) as running:
         yield running
 
 
-def test_the_sidecar_really_runs_as_uid_1000(sidecar: UnprivilegedSidecar) -> None:
+def test_the_sidecar_really_runs_as_uid_1000(sidecar: RunningSidecar) -> None:
     status = Path(f"/proc/{sidecar.pid}/status").read_text()
     uids = next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1:]
     assert uids == ["1000"] * 4
@@ -73,32 +73,29 @@ def test_the_sidecar_really_runs_as_uid_1000(sidecar: UnprivilegedSidecar) -> No
 
 
 def test_proc_root_of_another_process_is_403_not_500(
-    sidecar: UnprivilegedSidecar, tree: HostileTree
+    sidecar: RunningSidecar, tree: HostileTree
 ) -> None:
     """The reported defect: realpath() raised PermissionError on /proc/1/root → 500."""
     result = AttackResult()
-    with httpx.Client(base_url=sidecar.url, headers={"X-API-Key": sidecar.api_key}) as client:
+    with sidecar.client() as client:
         send_paths(client, ["/proc/1/root/etc/passwd", "/proc/1/cwd/x.pdf"], result)
     assert result.statuses == {403: 2}, result.unexpected
 
 
 def test_every_hostile_path_is_refused_and_nothing_outside_is_opened(
-    sidecar: UnprivilegedSidecar, tree: HostileTree, fake: FakeOllama, tmp_path: Path
+    sidecar: RunningSidecar, tree: HostileTree, fake: FakeOllama, tmp_path: Path
 ) -> None:
     pids = [1, sidecar.pid, os.getpid(), 999_999]
     paths = corpus_paths(tree, pids)
     paths += generated_examples(hostile_path_strategy(tree, pids), GENERATED_IN_CI, SEED)
     audited = shutil.which("strace") is not None
     fds_before = open_fds(sidecar.pid)
-    if audited:
-        sidecar.start_audit(tmp_path / "strace.log")
+    audit = StraceAudit(sidecar.pid, tmp_path / "strace.log") if audited else None
     fake.clear_requests()
     result = AttackResult()
-    with httpx.Client(
-        base_url=sidecar.url, headers={"X-API-Key": sidecar.api_key}, timeout=30
-    ) as client:
+    with sidecar.client(timeout=30) as client:
         send_paths(client, paths, result)
-    opened = sidecar.stop_audit() if audited else []
+    opened = audit.stop() if audit is not None else []
     fds_after = open_fds(sidecar.pid)
 
     assert result.sent == len(paths) >= 2000
