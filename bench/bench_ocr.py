@@ -35,6 +35,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,23 +87,35 @@ def wait_until_up(url: str, timeout: float = 60.0) -> None:
 
 
 @contextmanager
-def process(args: list[str], env: dict[str, str], ready_url: str) -> Iterator[None]:
+def process(
+    args: list[str], env: dict[str, str], ready_url: str
+) -> Iterator[subprocess.Popen[bytes]]:
     proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
     try:
         wait_until_up(ready_url)
-        yield
+        yield proc
     finally:
         proc.terminate()
         proc.wait(timeout=10)
 
 
+@dataclass(frozen=True)
+class Stack:
+    url: str  # the sidecar
+    ollama_url: str  # the fake Ollama
+    key: str
+    sidecar_pid: int
+
+
 @contextmanager
-def stack(latency: float, parallel: int, max_concurrent: int) -> Iterator[tuple[str, str, str]]:
-    """A fake Ollama and a sidecar process; yields (sidecar url, ollama url, api key)."""
+def stack(latency: float, parallel: int, max_concurrent: int) -> Iterator[Stack]:
+    """A fake Ollama and a sidecar process, with room on the "GPU" for the OCR model beside the
+    LLM reserve (so no job waits for the LLM)."""
     key = secrets.token_urlsafe(32)
     with tempfile.TemporaryDirectory() as tmp:
         vram = Path(tmp) / "vram.json"
-        vram.write_text(json.dumps({"total_mib": 16311, "used_mib": 4000}))
+        vram.write_text(json.dumps({"total_mib": 16311, "used_mib": 2000}))
+        (Path(tmp) / "uploads").mkdir(mode=0o700)  # the sidecar refuses a missing UPLOAD_BASE
         ollama_port, sidecar_port = free_port(), free_port()
         ollama_url = f"http://127.0.0.1:{ollama_port}"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -123,9 +136,11 @@ def stack(latency: float, parallel: int, max_concurrent: int) -> Iterator[tuple[
         sidecar_url = f"http://127.0.0.1:{sidecar_port}"
         with (
             process(fake, env, f"{ollama_url}/api/version"),
-            process([sys.executable, "-c", SIDECAR_CODE], sidecar_env, f"{sidecar_url}/live"),
+            process(
+                [sys.executable, "-c", SIDECAR_CODE], sidecar_env, f"{sidecar_url}/live"
+            ) as sidecar,
         ):
-            yield sidecar_url, ollama_url, key
+            yield Stack(sidecar_url, ollama_url, key, sidecar.pid)
 
 
 def page_png() -> bytes:
@@ -200,7 +215,8 @@ async def run_clients(url: str, key: str, png: bytes, clients: int, jobs: int) -
 def bench_concurrency(latency: float = 0.25, parallel: int = 4) -> None:
     png = page_png()
     runs = []
-    with stack(latency, parallel, max_concurrent=parallel) as (url, _, key):
+    with stack(latency, parallel, max_concurrent=parallel) as running:
+        url, key = running.url, running.key
         serial = asyncio.run(run_clients(url, key, png, clients=1, jobs=16))
         for clients, jobs in ((16, 128), (64, 256)):
             throughput = asyncio.run(run_clients(url, key, png, clients=clients, jobs=jobs))
@@ -239,9 +255,10 @@ def bench_overhead(latency: float = 0.5, samples: int = 40) -> None:
     via_sidecar: list[float] = []
     direct: list[float] = []
     with (
-        stack(latency, 1, max_concurrent=1) as (url, ollama_url, key),
-        httpx.Client(headers={"X-API-Key": key}, timeout=60) as client,
+        stack(latency, 1, max_concurrent=1) as running,
+        httpx.Client(headers={"X-API-Key": running.key}, timeout=60) as client,
     ):
+        url, ollama_url = running.url, running.ollama_url
         client.post(f"{url}/ocr", **upload(png)).raise_for_status()  # warm both paths
         client.post(f"{ollama_url}/api/chat", json=body).raise_for_status()
         for _ in range(samples):  # alternate, so drift affects both alike
