@@ -181,12 +181,13 @@ class ImageDocument:
             if self._image.width * self._image.height > MAX_IMAGE_PIXELS:
                 raise Image.DecompressionBombError("too many pixels")
             self._check_integrity()
+            # n_frames parses every IFD of a TIFF: a truncated one raises here (was a 500).
+            frames = getattr(self._image, "n_frames", 1)
         except Image.DecompressionBombError:
             raise invalid("The image has too many pixels to decode safely.") from None
         except Exception as exc:  # Pillow's decoders raise many types for malformed files
             logger.info("image decode failed: %s", type(exc).__name__)
             raise invalid(f"The {kind.value.upper()} image is damaged or truncated.") from None
-        frames = getattr(self._image, "n_frames", 1)
         self.page_count = frames if kind is DocumentKind.TIFF else 1
 
     def _check_integrity(self) -> None:
