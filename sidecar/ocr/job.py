@@ -227,7 +227,7 @@ class _PageLoop:
         page_started = time.monotonic()
         try:
             page = await self.prefetch.next_page()
-            step = await self._run_step(residency)
+            step = await self._run_step(residency, page_started)
             plan = self.plan
             if step.load:  # the load time stays out of the page's duration
                 await self._call(
@@ -253,11 +253,11 @@ class _PageLoop:
         finally:
             residency.page_done()
 
-    async def _run_step(self, residency: JobResidency) -> PageStep:
+    async def _run_step(self, residency: JobResidency, page_started: float) -> PageStep:
         """Ask the policy until it says run; each wait is a yield to the priority LLM."""
         waited = 0.0
         while True:
-            view = await self.runner.gpu.view(self.plan.model)
+            view = await self._call(lambda: self.runner.gpu.view(self.plan.model), page_started)
             step = residency.next_step(view, waited_s=waited)
             if step.action == "run":
                 break

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 
 from tests.fake_ollama import FakeOllama, Fault
 from tests.fixtures.documents import make_image, text_pdf
-from tests.ocr.conftest import Sidecar, make_job
+from tests.ocr.conftest import Sidecar, eventually, make_job
 from tests.ocr.test_ocr_api import assert_problem
 
 PNG = make_image("PNG", (1800, 1200))  # needs no scaling: the tests spend no time on pixels
@@ -53,6 +55,19 @@ def test_busy_ollama_is_retried_then_succeeds(sidecar: Sidecar, fake_ollama: Fak
     assert sidecar.metric("sidecar_ollama_retries_total") == 2
     path = "/api/generate" if on == "load call" else "/api/chat"
     assert len(fake_ollama.bodies(path)) == 3  # two busy answers, then the real one
+
+
+def test_ollama_restarting_mid_job_is_retried_then_succeeds(
+    sidecar: Sidecar, fake_ollama: FakeOllama
+):
+    fake_ollama.go_down()  # connections refused, as while Ollama restarts
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        job = pool.submit(sidecar.upload, PNG, make_job())
+        assert eventually(lambda: sidecar.metric("sidecar_ollama_retries_total") >= 1)
+        fake_ollama.come_up()
+        response = job.result(timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["pages"][0]["complete"] is True
 
 
 def test_ollama_busy_past_the_page_budget_is_503_with_retry_after(
