@@ -92,7 +92,8 @@ async def test_full_queue_is_429_with_retry_after(start_sidecar, fake_ollama: Fa
 
 
 async def test_critical_vram_admits_one_job_at_a_time(start_sidecar, fake_ollama, vram):
-    sidecar = start_sidecar(max_concurrent_ocr=3, queue_size=8)
+    # no yield to the LLM (OCR_YIELD_MAX_S=0): this is about admission only
+    sidecar = start_sidecar(max_concurrent_ocr=3, queue_size=8, ocr_yield_max_s=0)
     vram.used_pct(97)
     async with held_jobs(sidecar, fake_ollama, 3, in_ollama=1) as held:
         assert fake_ollama.held == 1
