@@ -9,7 +9,6 @@ Shared by `test_hostile_paths.py` (CI size) and `bench/bench_reliability.py` (fu
   non-UTF-8 bytes); `hostile_path_strategy`: a hypothesis generator composing the same parts.
 - `unprivileged_sidecar`: `python -m sidecar` under `setpriv --reuid 1000`; `StraceAudit`:
   `strace -f -y` on it (every file the process opens while under attack, with its resolved path).
-- `open_fds`: what /proc/<pid>/fd points at, to find leaked or outside descriptors.
 """
 
 from __future__ import annotations
@@ -206,17 +205,6 @@ def outside_opens(opened: list[OpenedFile], base: Path) -> list[OpenedFile]:
     """Opens of anything that is neither in the upload base nor Python code."""
     allowed = (str(base.resolve()), *code_prefixes())
     return [item for item in opened if not item.target.startswith(allowed)]
-
-
-def open_fds(pid: int) -> dict[int, str]:
-    """Descriptor number → what it points at, for every open descriptor of `pid`."""
-    table = {}
-    for entry in os.scandir(f"/proc/{pid}/fd"):
-        try:
-            table[int(entry.name)] = os.readlink(entry.path)
-        except OSError:  # closed between scandir and readlink
-            continue
-    return table
 
 
 class StraceAudit:

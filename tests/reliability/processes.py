@@ -6,6 +6,7 @@ client shares no interpreter (and no GIL) with the server it measures.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,17 @@ from tests.deploy.sidecar_process import SidecarProcess
 STARTUP_DEADLINE_S = 90
 # Loading the two small models takes ~5 s on an idle CPU, far longer on a busy shared one.
 MODELS_DEADLINE_S = 300
+
+
+def open_fds(pid: int) -> dict[int, str]:
+    """Descriptor number → what it points at, for every open descriptor of `pid`."""
+    table = {}
+    for entry in os.scandir(f"/proc/{pid}/fd"):
+        try:
+            table[int(entry.name)] = os.readlink(entry.path)
+        except OSError:  # closed between scandir and readlink
+            continue
+    return table
 
 
 @dataclass

@@ -25,13 +25,12 @@ from tests.reliability.hostile import (
     build_tree,
     corpus_paths,
     hostile_path_strategy,
-    open_fds,
     outside_opens,
     privilege_drop_reason,
     send_paths,
     unprivileged_sidecar,
 )
-from tests.reliability.processes import RunningSidecar
+from tests.reliability.processes import RunningSidecar, open_fds
 
 GENERATED_IN_CI = 1500
 SEED = 12

@@ -1,0 +1,187 @@
+"""Faults in the middle of OCR jobs, against a real sidecar process and the fake Ollama: Ollama
+killed after page k, Ollama hanging, Ollama answering garbage; and the database down for the
+`ocr-backend` CLI. The sidecar stays healthy, answers with the documented codes (or partial
+results, DESIGN §4), and keeps no descriptor per fault.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.deploy.sidecar_process import sidecar_env
+from tests.fake_ollama import FakeModel, FakeOllama
+from tests.fake_ollama.server import Fault
+from tests.fixtures.documents import text_pdf
+from tests.fixtures.jobs import BASE_JOB, make_job
+from tests.reliability.eventually import eventually
+from tests.reliability.processes import RunningSidecar, open_fds, running_sidecar
+from tests.server import free_port
+
+PAGES = 4
+KILLED_AFTER = 2  # Ollama goes down when the third page is sent
+OLLAMA_TIMEOUT_S = 2
+REPEATS = 6  # a fault repeated: a per-fault leak would grow the descriptor count by this much
+# Answers for a job whose first page already failed (DESIGN §4, "Ollama failures").
+FAILURE_CODES = {
+    503: "ollama_unavailable",
+    504: "ollama_timeout",
+    502: "ollama_bad_response",
+}
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeOllama]:
+    with FakeOllama([FakeModel(BASE_JOB["profile"]["model"])]) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def sidecar(fake: FakeOllama, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSidecar]:
+    root = tmp_path_factory.mktemp("faults")
+    (root / "uploads").mkdir()
+    key = "faults-" + "k3y" * 12
+    env = sidecar_env(
+        root / "uploads",
+        api_key=key,
+        port=str(free_port()),
+        ollama_url=fake.url,
+        ollama_timeout_s=str(OLLAMA_TIMEOUT_S),
+        ollama_connect_timeout_s="1",
+    )
+    no_model = str(root / "no-model")
+    env |= {"OCR_SIDECAR_EMBED_MODEL": no_model, "OCR_SIDECAR_RERANK_MODEL": no_model}
+    with running_sidecar(env, root, key) as running:
+        yield running
+
+
+@pytest.fixture(autouse=True)
+def _healthy_ollama(fake: FakeOllama) -> Iterator[None]:
+    yield
+    fake.clear_faults()
+    fake.release()
+
+
+def ocr(sidecar: RunningSidecar, pages: int = PAGES) -> httpx.Response:
+    job = json.dumps(make_job())
+    files = {"file": ("doc.pdf", text_pdf(pages), "application/pdf"), "job": (None, job)}
+    with sidecar.client(timeout=120) as client:
+        return client.post("/ocr", files=files)
+
+
+def page_calls(fake: FakeOllama) -> int:
+    """Inference requests that carry a page image (load calls carry none)."""
+    return sum(
+        1 for r in fake.requests if r.path in ("/api/chat", "/api/generate") and has_image(r.body)
+    )
+
+
+def has_image(body: Any) -> bool:
+    if not isinstance(body, dict):
+        return False
+    if body.get("images"):
+        return True
+    return any(isinstance(m, dict) and m.get("images") for m in body.get("messages") or [])
+
+
+def assert_healthy(sidecar: RunningSidecar) -> None:
+    assert sidecar.process.alive()
+    assert httpx.get(f"{sidecar.url}/live", timeout=10).status_code == 200
+    with sidecar.client(timeout=10) as client:
+        assert client.get("/health").status_code == 200
+
+
+def assert_failure(response: httpx.Response, statuses: set[int]) -> None:
+    assert response.status_code in statuses, response.text[:500]
+    body = response.json()
+    assert body["code"] == FAILURE_CODES[response.status_code]
+
+
+def fd_count_settles(sidecar: RunningSidecar, at_most: int) -> int:
+    """The descriptor count once idle connections have been dropped (bounded wait)."""
+    count = lambda: len(open_fds(sidecar.pid))  # noqa: E731
+    eventually(lambda: count() <= at_most, True, within_s=10)
+    return count()
+
+
+def test_a_good_job_first(sidecar: RunningSidecar) -> None:
+    response = ocr(sidecar)
+    assert response.status_code == 200, response.text[:500]
+    assert response.json()["complete"] is True
+
+
+def test_ollama_killed_after_page_k(sidecar: RunningSidecar, fake: FakeOllama) -> None:
+    fake.clear_requests()
+    killed = threading.Event()
+
+    def kill_at_page_k_plus_one() -> None:
+        if fake.wait_for(lambda f: page_calls(f) > KILLED_AFTER, timeout=60):
+            fake.go_down()
+            killed.set()
+
+    killer = threading.Thread(target=kill_at_page_k_plus_one)
+    killer.start()
+    try:
+        response = ocr(sidecar)
+    finally:
+        killer.join()
+        if killed.is_set():
+            fake.come_up()
+    assert killed.is_set()
+    if response.status_code == 200:  # partial results: the pages done are kept
+        body = response.json()
+        assert body["complete"] is False
+        done = [page for page in body["pages"] if page.get("text")]
+        failed = [page for page in body["pages"] if page.get("error")]
+        assert len(done) >= KILLED_AFTER and failed
+        assert {page["error"]["code"] for page in failed} <= {"ollama_unavailable"}
+    else:
+        assert_failure(response, {503})
+    assert_healthy(sidecar)
+    assert ocr(sidecar).status_code == 200  # recovered once Ollama is back
+
+
+def test_ollama_hanging_times_out(sidecar: RunningSidecar, fake: FakeOllama) -> None:
+    fake.hold()
+    response = ocr(sidecar, pages=1)
+    fake.release()
+    assert_failure(response, {504})
+    assert_healthy(sidecar)
+
+
+@pytest.mark.parametrize("fault", [Fault.GARBAGE, Fault.INVALID_JSON, Fault.BAD_SHAPE, Fault.CUT])
+def test_garbage_from_ollama_is_502_and_leaks_nothing(
+    sidecar: RunningSidecar, fake: FakeOllama, fault: Fault
+) -> None:
+    fake.fail(fault, times=1)
+    assert_failure(ocr(sidecar, pages=1), {502})
+    before = len(open_fds(sidecar.pid))
+    for _ in range(REPEATS):
+        fake.fail(fault, times=1)
+        assert_failure(ocr(sidecar, pages=1), {502})
+    assert ocr(sidecar, pages=1).status_code == 200
+    # Each fault dropped its connection: the count does not grow with the number of faults.
+    assert fd_count_settles(sidecar, before + 1) <= before + 1
+    assert_healthy(sidecar)
+
+
+def test_database_down_the_cli_says_one_line(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    for command in (["migrate"], ["profile", "show"], ["prompt", "list"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "backend_client.cli", *command, "--database-url",
+             f"postgresql+psycopg://postgres@127.0.0.1:{port}/ocr"],
+            capture_output=True, text=True, timeout=120, cwd=tmp_path, check=False,
+        )  # fmt: skip
+        assert result.returncode != 0, command
+        assert "Traceback" not in result.stderr, result.stderr
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0], (command, result.stderr)
