@@ -34,7 +34,7 @@ disable_created_metrics()
 # Loggers that speak for every request they make (httpx logs each Ollama probe at INFO).
 _CHATTY_LOGGERS = ("httpx", "httpcore")
 # Progress bars write to the terminal on their own; logs are the only output.
-_PROGRESS_BAR_OFF = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
+PROGRESS_BAR_OFF = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TQDM_DISABLE": "1"}
 
 
 class Metrics:
@@ -177,7 +177,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str, fmt: str) -> None:
     """Every log line to stdout in `fmt`; warnings and library logs included, progress bars off."""
-    for name, value in _PROGRESS_BAR_OFF.items():
+    for name, value in PROGRESS_BAR_OFF.items():
         os.environ.setdefault(name, value)
     handler = logging.StreamHandler(sys.stdout)
     if fmt == "json":

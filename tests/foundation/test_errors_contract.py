@@ -15,7 +15,7 @@ import pytest
 from sidecar.app import create_app
 from sidecar.config import Settings
 from sidecar.errors import CODES, ApiError
-from sidecar.observability import JsonFormatter, configure_logging, route_library_loggers
+from sidecar.observability import JsonFormatter
 from sidecar.retrieval.service import RetrievalService
 from tests.server import serve
 
@@ -100,26 +100,6 @@ def test_one_json_log_line_per_request(
     line = json.loads(JsonFormatter().format(records[0]))
     assert line["route"] == "/live" and line["status"] == 200 and line["client"] == "127.0.0.1"
     assert isinstance(line["ms"], float)
-
-
-def test_library_logs_go_through_the_json_handler() -> None:
-    root = logging.getLogger()
-    saved_handlers, saved_level = list(root.handlers), root.level
-    configure_logging("INFO", "json")
-    route_library_loggers()  # the app does this in a thread before loading a model
-    try:
-        for name in ("transformers", "huggingface_hub"):
-            library = logging.getLogger(name)
-            # pytest's own capture handlers may sit there; no library stderr handler may.
-            assert not [h for h in library.handlers if type(h) is logging.StreamHandler]
-            assert library.propagate
-        (handler,) = root.handlers
-        assert isinstance(handler.formatter, JsonFormatter)
-        record = logging.makeLogRecord({"msg": "hi", "color_message": "\x1b[36mhi"})
-        assert "color_message" not in json.loads(JsonFormatter().format(record))
-    finally:
-        root.handlers[:] = saved_handlers
-        root.setLevel(saved_level)
 
 
 def test_api_docs_document_exactly_the_codes_the_sidecar_uses() -> None:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import string
 import sys
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -18,7 +20,12 @@ from sidecar.app import create_app
 from sidecar.config import Settings
 from sidecar.errors import ApiError, redact_paths
 from sidecar.limits import declared_length
-from sidecar.observability import JsonFormatter
+from sidecar.observability import (
+    PROGRESS_BAR_OFF,
+    JsonFormatter,
+    configure_logging,
+    route_library_loggers,
+)
 from sidecar.units import MIB, mib_text
 from tests.runtime.test_probes import StagedRetrieval
 from tests.server import serve
@@ -131,3 +138,50 @@ def test_a_500_is_logged_with_its_request_id_and_traceback_not_answered_with_the
     assert "exploded" in line["traceback"] and "in health" in line["traceback"]
     # Re-raised after the answer, as Starlette's ServerErrorMiddleware does: the server sees it.
     assert [type(error) for error in outer.errors] == [RuntimeError]
+
+
+@pytest.fixture
+def configured_logging(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """`configure_logging` as the process runs it, undone afterwards (it is process-global)."""
+    for name in PROGRESS_BAR_OFF:  # touched first, so monkeypatch restores what was there
+        monkeypatch.delenv(name, raising=False)
+    root = logging.getLogger()
+    saved = (list(root.handlers), root.level)
+    chatty = {name: logging.getLogger(name).level for name in ("httpx", "httpcore")}
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    for name, level in chatty.items():
+        logging.getLogger(name).setLevel(level)
+    logging.captureWarnings(False)
+
+
+def test_stdout_gets_json_lines_for_warnings_and_no_httpx_chatter(
+    configured_logging: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    configure_logging("INFO", "json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("tokenizer is deprecated", FutureWarning, stacklevel=1)
+    logging.getLogger("httpx").info('HTTP Request: GET http://127.0.0.1:11434/api/version "200"')
+    logging.getLogger("sidecar.test").info("hello", extra={"answer": 42})
+    captured = capsys.readouterr()
+    records = [json.loads(line) for line in captured.out.splitlines()]
+    assert [record["logger"] for record in records] == ["py.warnings", "sidecar.test"]
+    assert "FutureWarning: tokenizer is deprecated" in records[0]["msg"]
+    assert records[1]["answer"] == 42
+    assert captured.err == ""
+    assert all(os.environ[name] == "1" for name in PROGRESS_BAR_OFF)  # tqdm and the hub: off
+
+
+def test_library_logs_go_through_the_json_handler(configured_logging: None) -> None:
+    configure_logging("INFO", "json")
+    route_library_loggers()  # the app does this in a thread before loading a model
+    for name in ("transformers", "huggingface_hub"):
+        library = logging.getLogger(name)
+        # pytest's own capture handlers may sit there; no library stderr handler may.
+        assert not [h for h in library.handlers if type(h) is logging.StreamHandler]
+        assert library.propagate
+    (handler,) = logging.getLogger().handlers
+    assert isinstance(handler.formatter, JsonFormatter)
+    record = logging.makeLogRecord({"msg": "hi", "color_message": "\x1b[36mhi"})
+    assert "color_message" not in json.loads(JsonFormatter().format(record))
