@@ -16,6 +16,7 @@ from sidecar.vram_monitor import VramMonitor, VramSnapshot
 logger = logging.getLogger("sidecar.vram")
 
 DEFAULT_SAMPLE_INTERVAL_S = 1.0
+STOP_WAIT_S = 5.0
 
 
 class SampledVram:
@@ -54,10 +55,12 @@ class SampledVram:
         self._thread.start()
 
     def stop(self) -> None:
-        """Stop sampling; returns once the thread has finished its current read."""
+        """Stop sampling; returns once the thread has finished its current read (or after
+        `STOP_WAIT_S`: a driver call that hangs must not hang the shutdown; the thread is a
+        daemon and goes with the process)."""
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=STOP_WAIT_S)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
