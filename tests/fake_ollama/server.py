@@ -12,6 +12,16 @@ a wrong shape, a cut connection, an error line mid-stream, or a reply without `d
 
 Simulated inference takes `latency_s` and at most `parallel` requests per model run at once
 (Ollama's OLLAMA_NUM_PARALLEL); the rest wait for a slot, as in Ollama's scheduler.
+
+Loading, eviction, keep_alive expiry and the VRAM books are `scheduler.Scheduler` (the same module
+`bench/gpu_sim.py` drives): with `vram_total_mib` set, models have sizes on a GPU of that total,
+a load takes `load_delay_s + size / load_rate_mib_s`, one load at a time from one FIFO queue, idle
+runners are evicted in Ollama's order when a load does not fit, busy ones are waited for, and
+`external_mib` (torch) is VRAM Ollama does not see once a runner is loaded. `vram_file` is kept
+as the JSON snapshot `OCR_SIDECAR_VRAM_SOURCE=file:PATH` reads, rewritten whenever the books
+change. A client that goes away while its request is queued, held or generating is noticed (the
+socket is polled), counted in `client_gone`, and its request stops counting as in flight.
+"LLM traffic" without HTTP: `llm_request(model, duration_s)`, `llm_busy(model)`, `llm_schedule`.
 """
 
 from __future__ import annotations
@@ -21,17 +31,21 @@ import binascii
 import contextlib
 import hashlib
 import json
+import os
 import re
+import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from enum import StrEnum
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from tests.fake_ollama.durations import GoDurationError, decode_keep_alive
+from tests.fake_ollama.scheduler import Scheduler, Ticket
 from tests.fake_ollama.state import (
     FakeModel,
     LoadedRunner,
@@ -40,6 +54,10 @@ from tests.fake_ollama.state import (
     seconds_to_ns,
     utc_timestamp,
 )
+
+DEFAULT_VRAM_TOTAL_MIB = 16311  # an RTX 5060 Ti 16 GB, as NVML reports it
+PRIORITY_KEEP_ALIVE_S = 300.0  # what the LLM's own clients send ("5m")
+_POLL_S = 0.01  # how often a waiting request looks at its client's socket
 
 VERSION = "0.33.0"
 BUSY_TEXT = "server busy, please try again.  maximum pending requests exceeded"
@@ -70,6 +88,30 @@ class RecordedRequest:
     raw: bytes
     body: Any  # parsed JSON, or None when the body is not JSON
     received_at: float  # the fake's clock
+
+
+class _ClientGone(Exception):
+    """The client closed its connection while its request waited or generated."""
+
+
+@dataclass
+class LlmCall:
+    """One "LLM traffic" request played without HTTP (`FakeOllama.llm_request`)."""
+
+    model: str
+    duration_s: float
+    arrived: float = 0.0
+    attached_at: float | None = None  # the fake's clock: the LLM had its runner
+    finished_at: float | None = None
+    cold: bool = False  # it had to load the model
+    done: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def queued_s(self) -> float:
+        return 0.0 if self.attached_at is None else self.attached_at - self.arrived
+
+    def wait(self, timeout: float | None = 30.0) -> bool:
+        return self.done.wait(timeout)
 
 
 class _ApiError(Exception):
@@ -213,7 +255,16 @@ class FakeOllama:
         parallel: int = 1,
         clock: Callable[[], float] = time.time,
         version: str = VERSION,
+        vram_total_mib: int | None = None,
+        vram_file: str | Path | None = None,
+        load_rate_mib_s: float | None = None,
+        unload_s: float = 0.0,
+        base_mib: int = 0,
+        max_loaded: int | None = None,
+        gpu_name: str = "RTX 5060 Ti (fake)",
     ) -> None:
+        """`vram_total_mib` (or a `vram_file`, which implies 16311 MiB) turns the VRAM books on;
+        without them every model fits and none is evicted for memory, as before."""
         self.host = host
         self.port = port
         self.latency_s = latency_s
@@ -221,7 +272,21 @@ class FakeOllama:
         self.parallel = parallel
         self.clock = clock
         self.version = version
-        self.registry = Registry(clock=clock)
+        if vram_file is not None and vram_total_mib is None:
+            vram_total_mib = DEFAULT_VRAM_TOTAL_MIB
+        self.vram_file = Path(vram_file) if vram_file is not None else None
+        self.gpu_name = gpu_name
+        books = vram_total_mib is not None
+        self.scheduler = Scheduler(
+            total_mib=vram_total_mib,
+            base_mib=base_mib,
+            load_fixed_s=load_delay_s,
+            load_rate_mib_s=load_rate_mib_s,
+            unload_s=unload_s,
+            max_loaded=(max_loaded or 3) if books else max_loaded,
+            on_change=self._books_changed,
+        )
+        self.registry = Registry(clock=clock, scheduler=self.scheduler)
         for model in models or ():
             self.registry.install(model)
         self.scripts: dict[str, str] = {}  # sha256 of image bytes → text
@@ -229,8 +294,6 @@ class FakeOllama:
         self._requests: list[RecordedRequest] = []
         self._faults: list[list[Any]] = []  # [fault, times left (None: forever), skip first]
         self._slots: dict[str, threading.BoundedSemaphore] = {}
-        self._gate = threading.Event()
-        self._gate.set()
         self._stopping = threading.Event()
         self._connections: set[socket.socket] = set()
         self._server: ThreadingHTTPServer | None = None
@@ -239,7 +302,15 @@ class FakeOllama:
         self.peak_inference = 0
         self.in_flight = 0  # inference requests received and not yet answered
         self.peak_in_flight = 0
-        self.held = 0
+        self.held = 0  # inference requests waiting at the hold gate now
+        self.client_gone = 0  # requests whose client went away while queued, held or generating
+        self._hold_active = False
+        self._hold_pass = 0  # requests still let through before the hold bites
+        self._release_tokens = 0
+        self.llm_calls: list[LlmCall] = []
+        self._ticker: threading.Thread | None = None
+        self._last_written: tuple[int, int] | None = None
+        self._write_vram_file()
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -264,12 +335,26 @@ class FakeOllama:
             name=f"fake-ollama-{self.port}",
         )  # fmt: skip
         self._thread.start()
+        self._ticker = threading.Thread(target=self._tick_loop, daemon=True,
+                                        name=f"fake-ollama-clock-{self.port}")  # fmt: skip
+        self._ticker.start()
         return self
+
+    def _tick_loop(self) -> None:
+        """Plays the scheduler's timed events (loads done, expiries) as the clock reaches them."""
+        while not self._stopping.is_set():
+            with self._lock:
+                self.scheduler.advance(self.clock())
+                self._lock.notify_all()
+                upcoming = self.scheduler.next_time()
+                wait = 0.05 if upcoming is None else min(max(upcoming - self.clock(), 0.001), 0.05)
+                self._lock.wait(wait)
 
     def stop(self) -> None:
         """Stop listening and drop every open connection (held requests are abandoned)."""
         self._stopping.set()
-        self._gate.set()
+        with self._lock:
+            self._lock.notify_all()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -282,6 +367,9 @@ class FakeOllama:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
+        if self._ticker is not None:
+            self._ticker.join(timeout=5)
+            self._ticker = None
 
     def go_down(self) -> None:
         """Ollama stops: the port refuses connections until `come_up()`."""
@@ -290,8 +378,12 @@ class FakeOllama:
     def come_up(self) -> None:
         """Ollama is back on the same port (loaded models are gone, as after a restart)."""
         with self._lock:
-            self.registry.loaded.clear()
-        self._gate.set()
+            self.scheduler.runners.clear()
+            self.scheduler.unloading.clear()
+            self.scheduler.pending.clear()
+            self.scheduler._victim = None
+            self.scheduler.external_seen = sum(self.scheduler.external.values())
+            self._books_changed()
         self.start()
 
     def __enter__(self) -> FakeOllama:
@@ -320,12 +412,24 @@ class FakeOllama:
         with self._lock:
             self._faults.clear()
 
-    def hold(self) -> None:
-        """Keep inference requests waiting (after they are recorded) until `release()`."""
-        self._gate.clear()
+    def hold(self, after: int = 0) -> None:
+        """Hold every inference request after the first `after` from now (each waits, recorded
+        and attached to its runner, until `release`)."""
+        with self._lock:
+            self._hold_active = True
+            self._hold_pass = max(after, 0)
+            self._release_tokens = 0
+            self._lock.notify_all()
 
-    def release(self) -> None:
-        self._gate.set()
+    def release(self, count: int | None = None) -> None:
+        """Let `count` held requests through (also ones held later); None: all, and stop holding."""
+        with self._lock:
+            if count is None:
+                self._hold_active = False
+                self._release_tokens = 0
+            else:
+                self._release_tokens += max(count, 0)
+            self._lock.notify_all()
 
     def script(self, image: bytes, text: str) -> None:
         """Answer `text` for this image (raw bytes, as decoded from the request)."""
@@ -362,6 +466,141 @@ class FakeOllama:
             self.registry.expire()
             return dict(self.registry.loaded)
 
+    @property
+    def load_events(self) -> list[tuple[str, float]]:
+        """Every real load of a runner: (model as /api/ps names it, fake clock at its start)."""
+        with self._lock:
+            return [
+                (self._display(event.model), event.at)
+                for event in self.scheduler.events
+                if event.kind == "load_start"
+            ]
+
+    def events(self, *kinds: str) -> list[tuple[str, str, float, str]]:
+        """The scheduler's books: (kind, model, time, detail), optionally only some kinds
+        (load_start, loaded, unload, released, evict, overcommit, external, cancel)."""
+        with self._lock:
+            return [
+                (event.kind, self._display(event.model), event.at, event.detail)
+                for event in self.scheduler.events
+                if not kinds or event.kind in kinds
+            ]
+
+    def _display(self, key: str) -> str:
+        model = self.registry.installed.get(key)
+        return model.display_name if model is not None else key
+
+    def vram(self) -> dict[str, int]:
+        """The GPU as the books have it: total, used, free (MiB); what `vram_file` holds."""
+        with self._lock:
+            self.scheduler.advance(self.clock())
+            total = self.scheduler.total_mib or 0
+            used = min(self.scheduler.used_mib, total) if total else self.scheduler.used_mib
+            return {"total_mib": total, "used_mib": used, "free_mib": max(total - used, 0)}
+
+    def set_external(self, owner: str, mib: int) -> None:
+        """VRAM another process (the sidecar's torch models) takes; Ollama does not see it once a
+        runner is loaded (ollama-api.md §8.4)."""
+        with self._lock:
+            self.scheduler.set_external(self.clock(), owner, mib)
+            self._lock.notify_all()
+
+    def _books_changed(self) -> None:
+        """Called by the scheduler (under the lock) whenever the books change."""
+        self._write_vram_file()
+
+    def _write_vram_file(self) -> None:
+        if self.vram_file is None or self.scheduler.total_mib is None:
+            return
+        total = self.scheduler.total_mib
+        used = min(self.scheduler.used_mib, total)
+        if self._last_written == (total, used):
+            return
+        data = {"total_mib": total, "used_mib": used, "free_mib": total - used,
+                "name": self.gpu_name}  # fmt: skip
+        tmp = self.vram_file.with_name(f".{self.vram_file.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        tmp.replace(self.vram_file)  # atomic: a reader never sees half a file
+        self._last_written = (total, used)
+
+    # --- LLM traffic ---------------------------------------------------------------------------
+
+    def llm_request(
+        self, model: str, duration_s: float, *, keep_alive_s: float | None = PRIORITY_KEEP_ALIVE_S
+    ) -> LlmCall:
+        """A priority model's request, played without HTTP in a thread: it queues like any
+        request, holds its runner busy for `duration_s` once attached, then finishes."""
+        call = LlmCall(model, duration_s)
+        with self._lock:
+            self.llm_calls.append(call)
+        threading.Thread(target=self._play_llm, args=(call, keep_alive_s), daemon=True,
+                         name=f"llm-{model}").start()  # fmt: skip
+        return call
+
+    def _play_llm(self, call: LlmCall, keep_alive_s: float | None) -> None:
+        key = name_key(call.model)
+        with self._lock:
+            call.arrived = self.clock()
+            ticket = self.scheduler.submit(call.arrived, key, keep_alive_s)
+            self._lock.notify_all()
+        try:
+            self._await_runner(ticket, lambda: False)
+            with self._lock:
+                call.attached_at = ticket.attached_at
+                call.cold = ticket.cold
+                self._lock.notify_all()
+            self._stopping.wait(call.duration_s)
+        except _ClientGone:
+            return
+        finally:
+            with self._lock:
+                call.finished_at = self.clock()
+                self.scheduler.finish(call.finished_at, ticket)
+                self._lock.notify_all()
+            call.done.set()
+
+    @contextlib.contextmanager
+    def llm_busy(
+        self, model: str, *, keep_alive_s: float | None = PRIORITY_KEEP_ALIVE_S
+    ) -> Iterator[LlmCall]:
+        """Hold a priority model busy (one in-flight request) for the `with` block; the block
+        starts once the request has its runner (after a load, or waits for room)."""
+        call = LlmCall(model, 0.0)
+        key = name_key(model)
+        with self._lock:
+            self.llm_calls.append(call)
+            call.arrived = self.clock()
+            ticket = self.scheduler.submit(call.arrived, key, keep_alive_s)
+            self._lock.notify_all()
+        try:
+            self._await_runner(ticket, lambda: False)
+            call.attached_at, call.cold = ticket.attached_at, ticket.cold
+            yield call
+        finally:
+            with self._lock:
+                call.finished_at = self.clock()
+                self.scheduler.finish(call.finished_at, ticket)
+                self._lock.notify_all()
+            call.done.set()
+
+    def llm_schedule(
+        self, model: str, *, every_s: float, duration_s: float, count: int | None = None
+    ) -> threading.Event:
+        """LLM traffic on a schedule: a request of `duration_s` every `every_s` seconds (real
+        time), `count` times (None: until the fake stops or the returned event is set)."""
+        stop = threading.Event()
+
+        def play() -> None:
+            sent = 0
+            while (count is None or sent < count) and not stop.is_set():
+                self.llm_request(model, duration_s)
+                sent += 1
+                if stop.wait(every_s) or self._stopping.is_set():
+                    break
+
+        threading.Thread(target=play, daemon=True, name=f"llm-schedule-{model}").start()
+        return stop
+
     def _notify(self) -> None:
         with self._lock:
             self._lock.notify_all()
@@ -394,43 +633,87 @@ class FakeOllama:
                 name_key(model.name), threading.BoundedSemaphore(self.parallel)
             )
 
-    def _wait_gate(self) -> None:
+    def _wait_gate(self, gone: Callable[[], bool]) -> None:
         with self._lock:
+            if not self._hold_active:
+                return
+            if self._hold_pass > 0:
+                self._hold_pass -= 1
+                return
             self.held += 1
             self._lock.notify_all()
-        try:
-            self._gate.wait()
-        finally:
-            with self._lock:
+            try:
+                while self._hold_active and self._release_tokens == 0:
+                    if self._stopping.is_set():
+                        return
+                    self._lock.wait(_POLL_S * 2)
+                    if gone():
+                        raise _ClientGone
+                if self._hold_active:
+                    self._release_tokens -= 1
+            finally:
                 self.held -= 1
                 self._lock.notify_all()
 
-    def run_job(self, job: _Job) -> tuple[FakeModel, dict[str, Any], str | None]:
-        """Validate and run a chat/generate request; returns (model, reply fields, text)."""
+    def _await_runner(self, ticket: Ticket, gone: Callable[[], bool]) -> None:
+        """Wait (the lock released) until `ticket` has its runner: a load, room, a busy victim."""
+        with self._lock:
+            while ticket.state == "pending":
+                if self._stopping.is_set() or gone():
+                    self.scheduler.cancel(self.clock(), ticket)
+                    self._lock.notify_all()
+                    raise _ClientGone
+                upcoming = self.scheduler.next_time()
+                wait = _POLL_S * 2
+                if upcoming is not None:
+                    wait = min(max(upcoming - self.clock(), 0.0005), wait)
+                self._lock.wait(wait)
+                self.scheduler.advance(self.clock())
+
+    def _sleep(self, seconds: float, gone: Callable[[], bool]) -> None:
+        """Generate for `seconds`, noticing a client that goes away meanwhile."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or self._stopping.wait(min(left, _POLL_S * 2)):
+                return
+            if gone():
+                raise _ClientGone
+
+    def run_job(
+        self, job: _Job, gone: Callable[[], bool] = lambda: False
+    ) -> tuple[FakeModel, dict[str, Any], str | None]:
+        """Validate and run a chat/generate request; returns (model, reply fields, text).
+        Raises `_ClientGone` when `gone()` turns true while it waits or generates."""
         with self._lock:
             model = self._check_model(job)
             _check_option_types(job.options)
+            key = name_key(model.name)
             if not job.has_input and job.keep_alive_s == 0:
-                self.registry.unload(model.name)
+                self.scheduler.unload_call(self.clock(), key)
+                self._lock.notify_all()
                 return model, {"done": True, "done_reason": "unload"}, None
-            runner, fresh = self.registry.begin(model, job.keep_alive_s, job.options)
+            options = self.registry.runner_options(job.options)
+            ticket = self.scheduler.submit(self.clock(), key, job.keep_alive_s, options)
+            self._lock.notify_all()
         try:
-            if fresh and self.load_delay_s > 0:
-                self._stopping.wait(self.load_delay_s)
+            self._await_runner(ticket, gone)
             if not job.has_input:
                 return model, {"done": True, "done_reason": "load"}, None
-            return model, *self._infer(model, job, fresh)
+            return model, *self._infer(model, job, ticket, gone)
         finally:
             with self._lock:
-                self.registry.finish(runner)
+                self.scheduler.finish(self.clock(), ticket)
                 self._lock.notify_all()
 
-    def _infer(self, model: FakeModel, job: _Job, fresh: bool) -> tuple[dict[str, Any], str]:
+    def _infer(
+        self, model: FakeModel, job: _Job, ticket: Ticket, gone: Callable[[], bool]
+    ) -> tuple[dict[str, Any], str]:
         with self._lock:
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
         try:
-            self._wait_gate()
+            self._wait_gate(gone)
             with self._slot(model):
                 with self._lock:
                     self.active_inference += 1
@@ -438,13 +721,17 @@ class FakeOllama:
                     self._lock.notify_all()
                 try:
                     if self.latency_s > 0:
-                        self._stopping.wait(self.latency_s)
+                        self._sleep(self.latency_s, gone)
                     text = self._script_text(model, job)
                 finally:
                     with self._lock:
                         self.active_inference -= 1
                         self._lock.notify_all()
-            return self._generate(text, job, fresh)
+            return self._generate(text, job, ticket.queued_s if ticket.cold else None)
+        except _ClientGone:
+            with self._lock:
+                self.client_gone += 1
+            raise
         finally:
             with self._lock:
                 self.in_flight -= 1
@@ -476,7 +763,7 @@ class FakeOllama:
             return f"Fake OCR text of image {digest[:12]} ({len(job.images[-1])} bytes)"
         return model.text if model.text is not None else f"Fake reply to: {job.prompt_text[:80]}"
 
-    def _generate(self, text: str, job: _Job, fresh: bool) -> tuple[dict[str, Any], str]:
+    def _generate(self, text: str, job: _Job, load_s: float | None) -> tuple[dict[str, Any], str]:
         tokens = text.split(" ")
         limit = job.options.get("num_predict")
         done_reason = "stop"
@@ -485,7 +772,7 @@ class FakeOllama:
             done_reason = "length"
         text = " ".join(tokens)
         latency_ns = seconds_to_ns(self.latency_s)
-        load_ns = seconds_to_ns(self.load_delay_s) if fresh else 0
+        load_ns = seconds_to_ns(load_s) if load_s is not None else 0
         reply = {
             "done": True,
             "done_reason": done_reason,
@@ -531,6 +818,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # the client gave up (e.g. its read timeout)
 
     # --- plumbing ----------------------------------------------------------------------------
+
+    def _client_gone(self) -> bool:
+        """The client closed its end (the socket reads EOF), or the connection broke."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return False
+            return self.connection.recv(1, socket.MSG_PEEK) == b""
+        except (OSError, ValueError):
+            return True
 
     def _read_body(self) -> bytes:
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
@@ -658,9 +955,12 @@ class _Handler(BaseHTTPRequestHandler):
             return
         try:
             job = _decode_job(kind, body)
-            _model, reply, text = self.fake.run_job(job)
+            _model, reply, text = self.fake.run_job(job, self._client_gone)
         except _ApiError as exc:
             self._error(exc.status, exc.text)
+            return
+        except _ClientGone:
+            self.close_connection = True
             return
         if self.fake._stopping.is_set():
             self.close_connection = True

@@ -1,9 +1,10 @@
-"""The fake's model registry: installed models, loaded runners, keep_alive sessions and expiry.
+"""The fake's model registry: installed models, and a view of the loaded runners.
 
-Follows reference/ollama-api.md §2 and §7: a request without keep_alive keeps a loaded model's
-session (5m on a fresh load); the expiry timer starts when the last in-flight request finishes;
-0 unloads as soon as the model is idle; negative means forever; different runner options reload.
-All times come from the injectable `clock` (epoch seconds), so tests can move time by hand.
+Sessions, expiry, the load queue, eviction and the VRAM books live in `scheduler.py`
+(reference/ollama-api.md §2, §7, §8): a request without keep_alive keeps a loaded model's session
+(5m on a fresh load); the expiry timer starts when the last in-flight request finishes; 0 unloads
+as soon as the model is idle; negative means forever; different runner options reload. All times
+come from the injectable `clock` (epoch seconds), so tests can move time by hand.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-DEFAULT_SESSION_S = 300.0
-# Go's time.Add saturates: "forever" shows up about 292 years ahead.
-FOREVER_SPAN_S = 292 * 365.25 * 86400
+from tests.fake_ollama.scheduler import Runner, Scheduler
+
+MIB = 1024 * 1024
 RUNNER_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "num_thread")
 
 
@@ -71,92 +72,95 @@ class FakeModel:
 
 @dataclass
 class LoadedRunner:
+    """A loaded runner as the fake's observers see it (a view of the scheduler's books)."""
+
     model: FakeModel
     session_s: float
     runner_options: dict[str, Any]
-    expires_at: float | None = None  # None until the first request finishes
+    expires_at: float | None = None  # None while busy or forever
     in_flight: int = 0
-    loads: int = 1
+    size_vram: int = 0  # bytes on the GPU
+
+
+def size_mib(size_bytes: int) -> int:
+    return math.ceil(size_bytes / MIB)
 
 
 @dataclass
 class Registry:
-    """Not thread-safe by itself: `FakeOllama` calls it under its lock."""
+    """Installed models, and the loaded runners of the scheduler (`tests.fake_ollama.scheduler`)
+    that keeps the sessions, the load queue and the VRAM books. Not thread-safe by itself:
+    `FakeOllama` calls it under its lock."""
 
     clock: Callable[[], float]
+    scheduler: Scheduler = field(default_factory=Scheduler)
     installed: dict[str, FakeModel] = field(default_factory=dict)
-    loaded: dict[str, LoadedRunner] = field(default_factory=dict)
-    load_count: int = 0
-    reload_count: int = 0
+
+    @property
+    def load_count(self) -> int:
+        return self.scheduler.load_count
+
+    @property
+    def reload_count(self) -> int:
+        return self.scheduler.reload_count
 
     def install(self, model: FakeModel) -> None:
-        self.installed[name_key(model.name)] = model
+        key = name_key(model.name)
+        self.installed[key] = model
+        self.scheduler.set_size(key, size_mib(model.size))
 
     def uninstall(self, name: str) -> None:
-        self.installed.pop(name_key(name), None)
-        self.loaded.pop(name_key(name), None)
+        key = name_key(name)
+        self.installed.pop(key, None)
+        runner = self.scheduler.runners.get(key)
+        if runner is not None:
+            self.scheduler.runners.pop(key)
+            self.scheduler._changed()
 
     def find(self, name: str) -> FakeModel | None:
         return self.installed.get(name_key(name))
 
     def expire(self) -> None:
-        now = self.clock()
-        for key, runner in list(self.loaded.items()):
-            if runner.in_flight == 0 and runner.expires_at is not None and runner.expires_at <= now:
-                del self.loaded[key]
+        self.scheduler.advance(self.clock())
 
-    def begin(
-        self, model: FakeModel, keep_alive_s: float | None, options: dict[str, Any]
-    ) -> tuple[LoadedRunner, bool]:
-        """Start a request on `model`; returns the runner and whether it had to (re)load."""
-        self.expire()
-        key = name_key(model.name)
-        runner_options = {k: options[k] for k in RUNNER_OPTIONS if k in options}
-        runner = self.loaded.get(key)
-        fresh = runner is None or (
-            runner.in_flight == 0 and runner.runner_options != runner_options
-        )
-        if runner is not None and fresh:
-            self.reload_count += 1
-        if fresh:
-            session = DEFAULT_SESSION_S if keep_alive_s is None else keep_alive_s
-            loads = runner.loads + 1 if runner is not None else 1
-            runner = LoadedRunner(model, session, runner_options, loads=loads)
-            self.loaded[key] = runner
-            self.load_count += 1
-        elif keep_alive_s is not None:
-            assert runner is not None
-            runner.session_s = keep_alive_s
-        assert runner is not None
-        runner.in_flight += 1
-        return runner, fresh
+    def runner_options(self, options: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+        return tuple(sorted((k, options[k]) for k in RUNNER_OPTIONS if k in options))
 
-    def finish(self, runner: LoadedRunner) -> None:
-        runner.in_flight -= 1
-        if runner.in_flight > 0:
-            return
-        key = name_key(runner.model.name)
-        if runner.session_s == 0:
-            self.loaded.pop(key, None)
-            return
-        span = FOREVER_SPAN_S if math.isinf(runner.session_s) else runner.session_s
-        runner.expires_at = self.clock() + span
+    @property
+    def loaded(self) -> dict[str, LoadedRunner]:
+        """The loaded runners by model key (what /api/ps lists)."""
+        views: dict[str, LoadedRunner] = {}
+        for runner in self.scheduler.loaded():
+            model = self.installed.get(runner.key)
+            if model is None:
+                continue
+            views[runner.key] = LoadedRunner(
+                model,
+                runner.session_s,
+                dict(runner.options),
+                runner.expires_at,
+                runner.refcount,
+                self._size_vram(model, runner),
+            )
+        return views
 
-    def unload(self, name: str) -> None:
-        self.loaded.pop(name_key(name), None)
+    @staticmethod
+    def _size_vram(model: FakeModel, runner: Runner) -> int:
+        if model.size_vram is not None:
+            return model.size_vram  # a test forces what /api/ps shows
+        if runner.size_mib <= 0 or runner.vram_mib >= runner.size_mib:
+            return model.size
+        return model.size * runner.vram_mib // runner.size_mib
 
     def ps(self) -> list[dict[str, Any]]:
         self.expire()
         now = self.clock()
         entries: list[tuple[float, dict[str, Any]]] = []
-        for runner in self.loaded.values():
-            if runner.expires_at is not None:
-                expires = runner.expires_at
-            else:
-                expires = now + (
-                    FOREVER_SPAN_S if math.isinf(runner.session_s) else runner.session_s
-                )
-            model = runner.model
+        for runner in self.scheduler.loaded():
+            model = self.installed.get(runner.key)
+            if model is None:
+                continue
+            expires = runner.expiry_shown(now)
             entries.append(
                 (
                     expires,
@@ -164,13 +168,11 @@ class Registry:
                         "name": model.display_name,
                         "model": model.display_name,
                         "size": model.size,
-                        "size_vram": model.size if model.size_vram is None else model.size_vram,
+                        "size_vram": self._size_vram(model, runner),
                         "digest": model.digest,
                         "details": model.details(),
                         "expires_at": local_timestamp(expires),
-                        "context_length": runner.runner_options.get(
-                            "num_ctx", model.context_length
-                        ),
+                        "context_length": dict(runner.options).get("num_ctx", model.context_length),
                     },
                 )
             )
