@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from fastapi import FastAPI
@@ -32,6 +32,9 @@ from sidecar.scrape import RuntimeCollector
 from sidecar.vram_monitor import VramMonitor, monitor_from_source
 from sidecar.vram_sampler import SampledVram
 
+if TYPE_CHECKING:
+    from sidecar.retrieval.service import RetrievalService
+
 INJECTABLE = frozenset({"metrics", "vram_monitor", "key_store", "http_client", "ocr", "retrieval"})
 
 
@@ -43,7 +46,7 @@ def build_http_client(settings: Settings) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=settings.ollama_url, timeout=timeout, limits=limits)
 
 
-def build_retrieval(settings: Settings, vram: VramMonitor, metrics: Metrics) -> Any:
+def build_retrieval(settings: Settings, vram: VramMonitor, metrics: Metrics) -> RetrievalService:
     # Imported here, not at the top: the service module brings numpy, and tests that inject
     # their own retrieval never pay for it.
     from sidecar.retrieval.service import RetrievalService
