@@ -142,7 +142,11 @@ def test_ollama_killed_after_page_k(sidecar: RunningSidecar, fake: FakeOllama) -
         done = [page for page in body["pages"] if page.get("text")]
         failed = [page for page in body["pages"] if page.get("error")]
         assert len(done) >= KILLED_AFTER and failed
-        assert {page["error"]["code"] for page in failed} <= {"ollama_unavailable"}
+        # A page cut mid-answer is a bad response; one sent on a pooled connection that Ollama
+        # closed as it died reads the same to httpx (RemoteProtocolError); a fresh connect is
+        # refused: unavailable. All three are documented codes.
+        codes = {page["error"]["code"] for page in failed}
+        assert codes <= {"ollama_bad_response", "ollama_unavailable"}, body["pages"]
     else:
         assert_failure(response, {503})
     assert_healthy(sidecar)
