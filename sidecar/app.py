@@ -92,7 +92,7 @@ def create_app(settings: Settings, **injected: Any) -> FastAPI:
             if owned_http:
                 stack.push_async_callback(http.aclose)
             if sampler is not None:
-                await asyncio.to_thread(sampler.start)  # the first sample is in before serving
+                sampler.start()  # returns at once: even the first read is the thread's
                 stack.push_async_callback(asyncio.to_thread, sampler.stop)
             stack.push_async_callback(ctx.retrieval.close)
             starting = asyncio.create_task(start_retrieval(), name="start-retrieval")

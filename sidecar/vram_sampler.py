@@ -23,7 +23,8 @@ class SampledVram:
     """The latest `snapshot()` of `monitor`, refreshed every `interval_s` by a daemon thread.
 
     Before the first sample (and whenever the monitor says so) the snapshot is None: VRAM unknown,
-    which every policy treats as "no room". `start()` takes the first sample before it returns.
+    which every policy treats as "no room". The first sample is taken by the thread too, so a slow
+    driver start (NVML init) never delays binding the port and answering /live.
     """
 
     def __init__(self, monitor: VramMonitor, interval_s: float = DEFAULT_SAMPLE_INTERVAL_S) -> None:
@@ -47,10 +48,9 @@ class SampledVram:
         return self._latest
 
     def start(self) -> None:
-        """Take the first sample, then keep sampling in the background until `stop()`."""
+        """Start sampling in the background (at once, then every `interval_s`) until `stop()`."""
         if self._thread is not None:
             return
-        self.sample()
         self._thread = threading.Thread(target=self._run, name="vram-sampler", daemon=True)
         self._thread.start()
 
@@ -63,5 +63,6 @@ class SampledVram:
             self._thread.join(timeout=STOP_WAIT_S)
 
     def _run(self) -> None:
+        self.sample()
         while not self._stop.wait(self.interval_s):
             self.sample()

@@ -11,6 +11,7 @@ import pytest
 
 from sidecar.vram_monitor import FileVramMonitor, VramSnapshot
 from sidecar.vram_sampler import SampledVram
+from tests.reliability.eventually import eventually
 
 
 class CountingMonitor:
@@ -43,7 +44,7 @@ def write(path: Path, used_mib: int, total_mib: int = 16000) -> None:
     tmp.replace(path)
 
 
-def test_start_takes_the_first_sample_and_snapshot_reads_nothing(tmp_path: Path) -> None:
+def test_the_thread_samples_at_once_and_snapshot_reads_nothing(tmp_path: Path) -> None:
     path = tmp_path / "vram.json"
     write(path, 4000)
     monitor = CountingMonitor(path)
@@ -51,6 +52,8 @@ def test_start_takes_the_first_sample_and_snapshot_reads_nothing(tmp_path: Path)
     assert sampler.snapshot() is None  # nothing sampled yet: unknown
     sampler.start()
     try:
+        # The thread's first read, right after start (the sample lands just after the read).
+        assert eventually(lambda: sampler.snapshot() is not None, True, 10)
         first = sampler.snapshot()
         assert first is not None and first.used_mib == 4000
         assert sampler.source == f"file:{path}"
