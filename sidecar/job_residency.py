@@ -71,6 +71,7 @@ from sidecar.residency_policy import (
     priority_loaded,
 )
 from sidecar.schemas import OcrProfile
+from sidecar.units import pct_text as _pct
 from sidecar.vram_monitor import VramSnapshot
 
 # The in-job hold: covers the gap between two pages (render, round trip, a retry's backoff).
@@ -119,10 +120,6 @@ def hold_seconds(settings: ResidencySettings) -> int:
     cap = priority_cap_seconds(settings)
     hold = JOB_HOLD_S if cap is None else min(JOB_HOLD_S, cap)
     return max(hold, 1)
-
-
-def _pct(value: float) -> str:
-    return f"{value:.0f}%"
 
 
 def llm_needs_memory(

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from sidecar.units import pct_text as _pct
 from sidecar.vram_monitor import VramSnapshot
 
 Device = Literal["cuda", "cpu"]
@@ -51,10 +52,6 @@ class PlacementInputs:
     fit_held_s: float  # how long the GPU has continuously fitted (0 when it just started)
     settle_s: float
     reserve_mib: int = 0  # free VRAM a move up must leave (LLM_RESERVE_MIB with no LLM loaded)
-
-
-def _pct(value: float) -> str:
-    return f"{value:.0f}%"
 
 
 def decide_placement(inputs: PlacementInputs) -> PlacementDecision:

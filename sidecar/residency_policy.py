@@ -47,6 +47,7 @@ from typing import Protocol
 from sidecar.durations import format_seconds
 from sidecar.loaded_models import LoadedModel, model_key
 from sidecar.schemas import OcrProfile
+from sidecar.units import pct_text as _pct
 from sidecar.vram_monitor import VramSnapshot
 
 # A "forever" ceiling (negative keep_alive) is held to this.
@@ -138,10 +139,6 @@ def _ocr_footprint(model: str, loaded: Sequence[LoadedModel], known_mib: int | N
     if is_listed(model, loaded):
         return 0
     return max(known_mib or 0, 0)
-
-
-def _pct(value: float) -> str:
-    return f"{value:.0f}%"
 
 
 def calculate_ocr_residency(

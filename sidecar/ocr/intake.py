@@ -24,36 +24,24 @@ from starlette.requests import Request
 
 from sidecar.config import Settings
 from sidecar.errors import ApiError
+from sidecar.limits import declared_length
 from sidecar.ocr.messages import build_options
-from sidecar.schemas import OcrJob, OcrRequest
 from sidecar.ocr.uploads import read_upload
+from sidecar.schemas import OcrJob, OcrRequest
+from sidecar.units import MIB, mib_text
 
-MAX_JOB_BYTES = 1024 * 1024
+MAX_JOB_BYTES = MIB
 _MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers
 EXPECTED_PARTS = ("file", "job")
 
 
-def _mib(limit: int) -> str:
-    return f"{limit / (1024 * 1024):g} MB"
-
-
 def _too_large(what: str, limit: int) -> ApiError:
-    return ApiError("payload_too_large", f"{what} is larger than the {_mib(limit)} limit.")
-
-
-def _declared_length(request: Request) -> int | None:
-    value = request.headers.get("content-length")
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise ApiError("validation_error", "Content-Length is not a number.") from None
+    return ApiError("payload_too_large", f"{what} is larger than the {mib_text(limit)} limit.")
 
 
 async def _body_chunks(request: Request, limit: int, what: str) -> AsyncIterator[bytes]:
     """The request body in chunks; 413 as soon as more than `limit` bytes are declared or sent."""
-    declared = _declared_length(request)
+    declared = declared_length(request.scope)
     if declared is not None and declared > limit:
         raise _too_large(what, limit)
     received = 0
