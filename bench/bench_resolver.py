@@ -143,6 +143,8 @@ def main() -> None:
             "python": platform.python_version(),
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
+            # Other work on the host slows both sides; the ratio is the figure to compare.
+            "load_avg_1m_at_start": round(os.getloadavg()[0], 2),
         },
         **figures,
     }
