@@ -151,7 +151,7 @@ def bench_memory(long_pages: int = 200, short_pages: int = 20) -> dict[str, Any]
             assert count == pages
             result[f"streamed_{pages}_pages"] = {
                 "peak_rss_mib": mib(peak.peak),
-                "document_mib": mib(len(pdf)),
+                "document_kib": round(len(pdf) / 1024, 1),
                 "seconds": round(seconds, 2),
             }
     short = result[f"streamed_{short_pages}_pages"]["peak_rss_mib"]
