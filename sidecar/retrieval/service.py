@@ -239,7 +239,7 @@ class RetrievalService:
                 problems.append(Problem(f"{slot.kind} model {shown} is loading", clears=True))
             elif slot.error is not None:
                 reason = (
-                    f"{slot.kind} model {shown} failed to load: {slot.error}; set "
+                    f"{slot.kind} model {shown} failed to load: {slot.error.rstrip('.')}; set "
                     f"{MODEL_VARIABLE[slot.kind]} to a model id the hub serves or a local "
                     "model directory, then restart"
                 )
