@@ -50,10 +50,14 @@ class GatedRunner:
         return BatchOutput([p * 2 for p in payloads], "cpu", "test")
 
 
-def make(runner: GatedRunner, **kwargs: int) -> MicroBatcher[int, int]:
+def make(
+    runner: GatedRunner, kind: str = "embed", metrics: Metrics | None = None, **kwargs: int
+) -> MicroBatcher[int, int]:
     options = {"max_batch_tokens": 1000, "max_queued_items": 100}
     options.update(kwargs)
-    batcher: MicroBatcher[int, int] = MicroBatcher("embed", runner, metrics=Metrics(), **options)
+    batcher: MicroBatcher[int, int] = MicroBatcher(
+        kind, runner, metrics=metrics or Metrics(), **options
+    )
     batcher.start()
     return batcher
 
@@ -106,10 +110,7 @@ async def test_token_budget_splits_a_round() -> None:
 async def test_full_queue_raises_overloaded() -> None:
     runner = GatedRunner()
     metrics = Metrics()
-    batcher: MicroBatcher[int, int] = MicroBatcher(
-        "rerank", runner, max_batch_tokens=1000, max_queued_items=4, metrics=metrics
-    )
-    batcher.start()
+    batcher = make(runner, "rerank", metrics, max_queued_items=4)
     try:
         running = asyncio.create_task(batcher.submit([1], [1], as_is))
         await wait_for(batcher, lambda b: b.running == 1)
@@ -215,10 +216,7 @@ async def test_one_batch_answers_requests_from_several_event_loops() -> None:
 async def test_items_being_prepared_hold_their_places_and_the_refusal_comes_first() -> None:
     runner = GatedRunner()
     metrics = Metrics()
-    batcher: MicroBatcher[int, int] = MicroBatcher(
-        "embed", runner, max_batch_tokens=1000, max_queued_items=4, metrics=metrics
-    )
-    batcher.start()
+    batcher = make(runner, "embed", metrics, max_queued_items=4)
     try:
         with batcher.admission(3):
             assert (batcher.preparing, batcher.depth) == (3, 0)
