@@ -50,7 +50,9 @@ def _line(event: str, model: BaseModel | dict[str, Any]) -> bytes:
     return json.dumps({"event": event, **fields}, ensure_ascii=False).encode() + b"\n"
 
 
-def error_fields(code: str, detail: str, request_id: str, status: int | None = None) -> dict:
+def error_fields(
+    code: str, detail: str, request_id: str, status: int | None = None
+) -> dict[str, Any]:
     status = status if status is not None else CODES[code][0]
     return {
         "type": TYPE_BASE + code,

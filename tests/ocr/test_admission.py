@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
-from sidecar.ocr.admission import AdmissionControl
 from sidecar.errors import Overloaded
 from sidecar.observability import Metrics
+from sidecar.ocr.admission import AdmissionControl
 
 
 async def hold_slot(control: AdmissionControl, started: list[int], ident: int,
