@@ -1,8 +1,8 @@
 """What the OCR job sees of the GPU before each page: VRAM, `/api/ps`, and the OCR model's size.
 
 `GpuWatch.view(model)` builds the `GpuView` that `JobResidency.next_step` decides on. The OCR
-model's footprint, when it is not loaded, is the `size_vram` it last had in `/api/ps` (that
-includes its KV cache), else its `/api/tags` size plus `KV_HEADROOM_MIB`; unknown (None) when
+model's footprint, when it is not loaded, is the `size` it last had in `/api/ps` (that includes
+its KV cache), else its `/api/tags` size plus `KV_HEADROOM_MIB`; unknown (None) when
 neither is at hand, which the policy counts as not fitting beside a loaded LLM. `/api/tags` is
 read at most every `TAGS_TTL_S` (models are pulled rarely), and again at once for a model it did
 not list.
@@ -42,7 +42,8 @@ class GpuWatch:
         self.ollama = ollama
         self.vram = vram
         self.priority_patterns = list(priority_patterns)
-        self._seen_mib: dict[str, int] = {}  # model key → size_vram when last in /api/ps
+        self._seen_mib: dict[str, int] = {}  # model key → size when last in /api/ps
+        self._ocr_models: set[str] = set()  # keys of the models OCR jobs run (never "the LLM")
         self._tags: dict[str, int] = {}  # model key → /api/tags size (bytes)
         self._tags_at: float | None = None
         self._ps: list[LoadedModel] | None = None
@@ -50,6 +51,7 @@ class GpuWatch:
 
     async def view(self, model: str) -> GpuView:
         """VRAM now, `/api/ps` now, and `model`'s footprint should it have to load."""
+        self._ocr_models.add(model_key(model))
         vram = self.vram.snapshot()
         loaded = await self.ollama.loaded_models()
         self.saw_loaded(loaded)
@@ -60,14 +62,18 @@ class GpuWatch:
         self._ps = list(loaded)
         self._ps_at = time.monotonic()
         for entry in loaded:
-            if entry.size_vram > 0:
-                self._seen_mib[model_key(entry.name)] = entry.size_vram_mib
+            if entry.size > 0:  # all of it, so a partial offload does not look smaller
+                self._seen_mib[model_key(entry.name)] = entry.size_mib
 
     def priority_loaded(self) -> bool | None:
         """Whether the last /api/ps listed a priority model; None when none came in 30 s."""
         if self._ps is None or time.monotonic() - self._ps_at > PS_FRESH_S:
             return None
-        return any(is_priority_model(m.name, self.priority_patterns) for m in self._ps)
+        return any(
+            is_priority_model(m.name, self.priority_patterns)
+            and model_key(m.name) not in self._ocr_models
+            for m in self._ps
+        )
 
     async def _footprint_mib(self, model: str) -> int | None:
         key = model_key(model)
