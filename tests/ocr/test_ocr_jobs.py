@@ -12,9 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.fake_ollama import FakeOllama, Fault
+from sidecar.loaded_models import MIB
+from tests.fake_ollama import FakeModel, FakeOllama, Fault
 from tests.fixtures.documents import make_image, multipage_tiff
-from tests.ocr.conftest import LLM_MODEL, Sidecar, eventually, make_job
+from tests.ocr.conftest import LLM_MODEL, OCR_MODEL, Sidecar, eventually, make_job
 from tests.ocr.test_ocr_api import assert_problem, fake_ollama_load
 
 NDJSON = {"Accept": "application/x-ndjson"}
@@ -211,3 +212,46 @@ def test_priority_loaded_follows_the_last_ps_seen(sidecar: Sidecar, fake_ollama:
     fake_ollama_load(fake_ollama, LLM_MODEL)
     assert sidecar.client.get("/health").json()["ollama"]["reachable"] is True
     assert pipeline.priority_loaded() is True
+
+
+def test_the_first_job_beside_a_loaded_llm_waits_then_sends_no_squeezing_keep_alive(
+    start_sidecar, vram
+):
+    # issue 14's case: only the LLM (9000 MiB) is loaded, 15300 of 16311 MiB are used, the OCR
+    # model has never been seen loaded: its /api/tags size decides, and it does not fit. The
+    # fake keeps the VRAM books and writes the file the sidecar reads, so both see one GPU.
+    models = [FakeModel(OCR_MODEL, size=3200 * MIB), FakeModel(LLM_MODEL, size=9000 * MIB)]
+    with FakeOllama(models, vram_total_mib=16311, base_mib=6300, vram_file=vram.path) as fake:
+        sidecar = start_sidecar(ollama_url=fake.url, ocr_yield_max_s=0.3)
+        fake_ollama_load(fake, LLM_MODEL)
+        assert fake.vram()["used_mib"] == 15300
+        response = sidecar.upload(multipage_tiff(2), make_job(profile={"keep_alive": "5m"}))
+        assert response.status_code == 200, response.text
+        residency = response.json()["residency"]
+        assert residency["yield_ms"] >= 300  # it waited for the LLM before loading
+        assert residency["keep_alive"] == "0s" and residency["loads"] == 1
+        calls = [r.body for r in fake.requests if r.path in ("/api/generate", "/api/chat")]
+        assert [c["keep_alive"] for c in calls] == ["60s", "60s", "0s"]  # load, page 1, page 2
+        assert fake.events("overcommit") == []
+
+
+async def test_a_job_waits_for_the_llm_and_goes_on_once_its_memory_is_free(
+    start_sidecar, fake_ollama: FakeOllama, vram
+):
+    sidecar = start_sidecar(ocr_yield_max_s=30)
+    fake_ollama_load(fake_ollama, LLM_MODEL)
+    vram.set(total_mib=16311, used_mib=15300)
+    async with async_client(sidecar) as client:
+        job = asyncio.create_task(client.post("/ocr", **upload_kwargs(multipage_tiff(2))))
+        # the job looks again and again (/api/ps) and sends nothing meanwhile
+        await until(lambda: len(fake_ollama.bodies("/api/ps")) >= 2)
+        assert page_calls(fake_ollama) == 0 and not job.done()
+        await client.post(
+            f"{fake_ollama.url}/api/generate", json={"model": LLM_MODEL, "keep_alive": 0}
+        )
+        vram.set(total_mib=16311, used_mib=2000)  # the LLM has gone: its memory is free
+        response = await job
+    assert response.status_code == 200, response.text
+    residency = response.json()["residency"]
+    assert 0 < residency["yield_ms"] < 30_000 and residency["loads"] == 1
+    assert sidecar.metric("sidecar_ocr_yield_seconds_count") == 1
