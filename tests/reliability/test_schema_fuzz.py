@@ -5,40 +5,19 @@ model, the fake Ollama. Goal: 0 answers with 5xx, 0 that break the served schema
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
-import pytest
 
 from sidecar.app import create_app
 from sidecar.config import Settings
-from tests.deploy.sidecar_process import sidecar_env
-from tests.fake_ollama import FakeModel, FakeOllama
-from tests.fixtures.jobs import BASE_JOB
 from tests.reliability.fuzz import fuzz, served_schema
-from tests.reliability.processes import RunningSidecar, running_sidecar
-from tests.server import free_port, serve
+from tests.reliability.processes import RunningSidecar
+from tests.server import serve
 
 CASES_PER_OPERATION_AND_MODE = 200
 SEED = 20261201
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOllama]:
-    with FakeOllama([FakeModel(BASE_JOB["profile"]["model"])]) as server:
-        yield server
-
-
-@pytest.fixture
-def sidecar(
-    fake: FakeOllama, upload_base: Path, tmp_path: Path, api_key: str
-) -> Iterator[RunningSidecar]:
-    env = sidecar_env(
-        upload_base, api_key=api_key, port=str(free_port()), ollama_url=fake.url, docs="true"
-    )
-    with running_sidecar(env, tmp_path, api_key, wait_for="/ready") as running:
-        yield running
 
 
 def app_schema(upload_base: Path, api_key: str) -> dict:
@@ -48,8 +27,9 @@ def app_schema(upload_base: Path, api_key: str) -> dict:
 
 
 def test_no_fuzzed_request_gets_a_5xx_or_breaks_the_schema(
-    sidecar: RunningSidecar, upload_base: Path, api_key: str
+    model_sidecar: RunningSidecar, upload_base: Path
 ) -> None:
+    sidecar, api_key = model_sidecar, model_sidecar.api_key
     schema = served_schema(sidecar.url, api_key, lambda: app_schema(upload_base, api_key))
     report = fuzz(schema, sidecar.url, api_key, CASES_PER_OPERATION_AND_MODE, SEED)
 
