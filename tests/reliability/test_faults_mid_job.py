@@ -6,13 +6,10 @@ results, DESIGN §4), and keeps no descriptor per fault.
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -20,13 +17,12 @@ import pytest
 from tests.deploy.sidecar_process import sidecar_env
 from tests.fake_ollama import FakeModel, FakeOllama
 from tests.fake_ollama.server import Fault
-from tests.fixtures.documents import text_pdf
-from tests.fixtures.jobs import BASE_JOB, make_job
+from tests.fixtures.jobs import BASE_JOB
 from tests.reliability.eventually import eventually
+from tests.reliability.faults import ocr, ollama_killed_at_page
 from tests.reliability.processes import RunningSidecar, open_fds, running_sidecar
 from tests.server import free_port
 
-PAGES = 4
 KILLED_AFTER = 2  # Ollama goes down when the third page is sent
 OLLAMA_TIMEOUT_S = 2
 REPEATS = 6  # a fault repeated: a per-fault leak would grow the descriptor count by this much
@@ -70,28 +66,6 @@ def _healthy_ollama(fake: FakeOllama) -> Iterator[None]:
     fake.release()
 
 
-def ocr(sidecar: RunningSidecar, pages: int = PAGES) -> httpx.Response:
-    job = json.dumps(make_job())
-    files = {"file": ("doc.pdf", text_pdf(pages), "application/pdf"), "job": (None, job)}
-    with sidecar.client(timeout=120) as client:
-        return client.post("/ocr", files=files)
-
-
-def page_calls(fake: FakeOllama) -> int:
-    """Inference requests that carry a page image (load calls carry none)."""
-    return sum(
-        1 for r in fake.requests if r.path in ("/api/chat", "/api/generate") and has_image(r.body)
-    )
-
-
-def has_image(body: Any) -> bool:
-    if not isinstance(body, dict):
-        return False
-    if body.get("images"):
-        return True
-    return any(isinstance(m, dict) and m.get("images") for m in body.get("messages") or [])
-
-
 def assert_healthy(sidecar: RunningSidecar) -> None:
     assert sidecar.process.alive()
     assert httpx.get(f"{sidecar.url}/live", timeout=10).status_code == 200
@@ -119,22 +93,8 @@ def test_a_good_job_first(sidecar: RunningSidecar) -> None:
 
 
 def test_ollama_killed_after_page_k(sidecar: RunningSidecar, fake: FakeOllama) -> None:
-    fake.clear_requests()
-    killed = threading.Event()
-
-    def kill_at_page_k_plus_one() -> None:
-        if fake.wait_for(lambda f: page_calls(f) > KILLED_AFTER, timeout=60):
-            fake.go_down()
-            killed.set()
-
-    killer = threading.Thread(target=kill_at_page_k_plus_one)
-    killer.start()
-    try:
+    with ollama_killed_at_page(fake, KILLED_AFTER + 1) as killed:
         response = ocr(sidecar)
-    finally:
-        killer.join()
-        if killed.is_set():
-            fake.come_up()
     assert killed.is_set()
     if response.status_code == 200:  # partial results: the pages done are kept
         body = response.json()
