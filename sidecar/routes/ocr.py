@@ -17,11 +17,7 @@ router = APIRouter()
 CLIENT_CLOSED_REQUEST = 499
 
 
-@router.post(
-    "/ocr",
-    response_model=OcrResponse,
-    responses={200: {"content": {NDJSON: {"schema": {"type": "string"}}}}},
-)
+@router.post("/ocr", response_model=OcrResponse)  # the NDJSON form: sidecar.openapi
 async def ocr(request: Request, ctx: Ctx) -> Response:
     ctx.ocr.check_capacity()  # a full queue refuses before the upload is read
     job, data = await read_ocr_request(request, ctx.settings)
