@@ -174,7 +174,7 @@ def test_rotation_through_the_mounted_secret_directory(
     assert sidecar.status(old) == 200
     assert sidecar.status(new) == 401
 
-    # The sidecar re-checks the file at most once a second: each change shows within a bound.
+    # The sidecar re-checks the file at most twice a second: each change shows within a bound.
     # 1. Add the new key (atomic rename on the host): both work, no restart.
     replace_atomically(sidecar.host_key_file, [old, new])
     assert eventually(lambda: sidecar.statuses(old, new), (200, 200)) == (200, 200)

@@ -32,6 +32,7 @@ def key_file(tmp_path: Path) -> Path:
 @pytest.fixture
 def sidecar_process(key_file: Path, tmp_path: Path) -> Iterator[tuple[subprocess.Popen, str]]:
     key_file.write_text(new_api_key() + "\n")
+    (tmp_path / "uploads").mkdir(mode=0o700)  # a non-default upload base must exist
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("OCR_SIDECAR_")}
     env.update(
@@ -90,7 +91,7 @@ def test_rotation_by_rewrite_and_by_rename_without_restart(
     first = key_file.read_text().strip()
     assert status_with(url, first) == 200
 
-    # The file is re-checked at most once a second: each change shows within a bounded wait.
+    # The file is re-checked at most twice a second: each change shows within a bounded wait.
     # 1. overlap: both keys valid while clients move over
     second = new_api_key()
     key_file.write_text(f"{first}\n{second}\n")

@@ -1,5 +1,5 @@
 """Poll a condition until it holds, within a bound: for effects the sidecar applies on its own
-schedule (the key file is re-checked at most once a second)."""
+schedule (the key file is re-checked at most twice a second)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import TypeVar
 
 T = TypeVar("T")
 
-# Key-file changes show within sidecar.auth.KEY_FILE_RECHECK_S (1 s); this leaves slack for a
+# Key-file changes show within sidecar.auth.KEY_FILE_RECHECK_S (0.5 s); this leaves slack for a
 # loaded CI machine without letting a broken reload pass.
 KEY_CHANGE_BOUND_S = 5.0
 

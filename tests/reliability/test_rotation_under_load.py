@@ -1,5 +1,5 @@
 """Key rotation while 32 clients call: no failed request during the overlap, the old key refused
-soon after its removal (the bench records how soon; the file is re-checked once a second)."""
+soon after its removal (the bench records how soon; the file is re-checked twice a second)."""
 
 from __future__ import annotations
 
