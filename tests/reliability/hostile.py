@@ -201,10 +201,19 @@ def code_prefixes() -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
+# Files the runtime itself opens, whatever the request: glibc's get_nprocs() reads this when
+# asyncio's default thread pool is first sized (the guard runs in that pool).
+RUNTIME_FILES = frozenset({"/sys/devices/system/cpu/online"})
+
+
 def outside_opens(opened: list[OpenedFile], base: Path) -> list[OpenedFile]:
-    """Opens of anything that is neither in the upload base nor Python code."""
+    """Opens of anything that is neither in the upload base, nor Python code, nor a runtime file."""
     allowed = (str(base.resolve()), *code_prefixes())
-    return [item for item in opened if not item.target.startswith(allowed)]
+    return [
+        item
+        for item in opened
+        if not item.target.startswith(allowed) and item.target not in RUNTIME_FILES
+    ]
 
 
 class StraceAudit:
