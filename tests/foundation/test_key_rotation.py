@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -129,27 +130,38 @@ class ManualClock:
         return self.now
 
 
-async def test_key_file_is_rechecked_at_most_once_per_interval(tmp_path: Path) -> None:
+@dataclass
+class RotatedStore:
+    """A KeyStore that read `old` at start; the file has since been rewritten to `new`."""
+
+    store: KeyStore
+    clock: ManualClock
+    old: str
+    new: str
+
+
+@pytest.fixture
+def rotated(tmp_path: Path) -> RotatedStore:
     old, new = new_api_key(), new_api_key()
     path = tmp_path / "keys"
     path.write_text(f"{old}\n")
     clock = ManualClock()
     store = KeyStore(key_file=path, clock=clock)
     path.write_text(f"{new}\n")
+    return RotatedStore(store, clock, old, new)
+
+
+async def test_key_file_is_rechecked_at_most_once_per_interval(rotated: RotatedStore) -> None:
+    store, clock, old, new = rotated.store, rotated.clock, rotated.old, rotated.new
     # Inside the interval the file is not looked at: the keys read at start still decide.
     assert await store.verify(old) and not await store.verify(new)
     clock.now += KEY_FILE_RECHECK_S
     assert not await store.verify(old) and await store.verify(new)
 
 
-async def test_concurrent_requests_share_one_recheck(tmp_path: Path) -> None:
-    old, new = new_api_key(), new_api_key()
-    path = tmp_path / "keys"
-    path.write_text(f"{old}\n")
-    clock = ManualClock()
-    store = KeyStore(key_file=path, clock=clock)
-    path.write_text(f"{new}\n")
-    clock.now += KEY_FILE_RECHECK_S
+async def test_concurrent_requests_share_one_recheck(rotated: RotatedStore) -> None:
+    store, old, new = rotated.store, rotated.old, rotated.new
+    rotated.clock.now += KEY_FILE_RECHECK_S
     # All start before the one re-check finishes; every one of them must see its result.
     results = await asyncio.gather(*(store.verify(old) for _ in range(16)))
     assert results == [False] * 16 and await store.verify(new)

@@ -1,5 +1,5 @@
-"""One real sidecar process with the small retrieval models, shared by the fuzz and soak tests:
-loading torch and two models is the slowest part of either, so it is paid once."""
+"""Shared sidecars and fake Ollamas. The one with the small retrieval models serves the fuzz and
+soak tests: loading torch and two models is the slowest part of either, so it is paid once."""
 
 from __future__ import annotations
 
@@ -13,6 +13,13 @@ from tests.fake_ollama import FakeModel, FakeOllama
 from tests.fixtures.jobs import BASE_JOB
 from tests.reliability.processes import RunningSidecar, running_sidecar
 from tests.server import free_port
+
+
+@pytest.fixture(scope="module")
+def module_fake_ollama() -> Iterator[FakeOllama]:
+    """A fake Ollama for one test module (whose tests may break and repair it)."""
+    with FakeOllama([FakeModel(BASE_JOB["profile"]["model"])]) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.deploy.sidecar_process import SidecarProcess
+from tests.conftest import new_api_key
+from tests.deploy.sidecar_process import SidecarProcess, sidecar_env
+from tests.server import free_port
 
 STARTUP_DEADLINE_S = 90
 # Loading the two small models takes ~5 s on an idle CPU, far longer on a busy shared one.
@@ -83,3 +85,18 @@ def running_sidecar(
         yield RunningSidecar(url, api_key, process)
     finally:
         process.stop()
+
+
+@contextmanager
+def ocr_only_sidecar(root: Path, ollama_url: str, **settings: str) -> Iterator[RunningSidecar]:
+    """A sidecar under `root` (upload base `root/uploads`) pointed at `ollama_url`, with no
+    retrieval model (no torch: the OCR side is under test), with `settings` added."""
+    (root / "uploads").mkdir(exist_ok=True)
+    key = new_api_key()
+    env = sidecar_env(
+        root / "uploads", api_key=key, port=str(free_port()), ollama_url=ollama_url, **settings
+    )
+    no_model = str(root / "no-model")
+    env |= {"OCR_SIDECAR_EMBED_MODEL": no_model, "OCR_SIDECAR_RERANK_MODEL": no_model}
+    with running_sidecar(env, root, key) as running:
+        yield running

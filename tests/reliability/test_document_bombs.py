@@ -10,33 +10,21 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.deploy.sidecar_process import sidecar_env
-from tests.fake_ollama import FakeModel, FakeOllama
-from tests.fixtures.jobs import BASE_JOB, make_job
+from tests.fake_ollama import FakeOllama
+from tests.fixtures.jobs import make_job
 from tests.reliability.bombs import ACCEPTABLE, BOMBS
 from tests.reliability.memory import peak_rss_bytes, reset_peak_rss
-from tests.reliability.processes import RunningSidecar, running_sidecar
-from tests.server import free_port
+from tests.reliability.processes import RunningSidecar, ocr_only_sidecar
 
 GIB = 1024**3
 HANG_BOUND_S = 120.0  # a request still unanswered after this is a hang
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOllama]:
-    with FakeOllama([FakeModel(BASE_JOB["profile"]["model"])]) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def sidecar(fake: FakeOllama, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSidecar]:
-    root = tmp_path_factory.mktemp("bombs")
-    (root / "uploads").mkdir()
-    key = "bombs-" + "k3y" * 12
-    env = sidecar_env(root / "uploads", api_key=key, port=str(free_port()), ollama_url=fake.url)
-    no_model = str(root / "no-model")
-    env |= {"OCR_SIDECAR_EMBED_MODEL": no_model, "OCR_SIDECAR_RERANK_MODEL": no_model}
-    with running_sidecar(env, root, key) as running:
+def sidecar(
+    module_fake_ollama: FakeOllama, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningSidecar]:
+    with ocr_only_sidecar(tmp_path_factory.mktemp("bombs"), module_fake_ollama.url) as running:
         yield running
 
 

@@ -14,13 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.sidecar_process import sidecar_env
-from tests.fake_ollama import FakeModel, FakeOllama
+from tests.fake_ollama import FakeOllama
 from tests.fake_ollama.server import Fault
-from tests.fixtures.jobs import BASE_JOB
 from tests.reliability.eventually import eventually
 from tests.reliability.faults import ocr, ollama_killed_at_page
-from tests.reliability.processes import RunningSidecar, open_fds, running_sidecar
+from tests.reliability.processes import RunningSidecar, ocr_only_sidecar, open_fds
 from tests.server import free_port
 
 KILLED_AFTER = 2  # Ollama goes down when the third page is sent
@@ -35,27 +33,14 @@ FAILURE_CODES = {
 
 
 @pytest.fixture(scope="module")
-def fake() -> Iterator[FakeOllama]:
-    with FakeOllama([FakeModel(BASE_JOB["profile"]["model"])]) as server:
-        yield server
+def fake(module_fake_ollama: FakeOllama) -> FakeOllama:
+    return module_fake_ollama
 
 
 @pytest.fixture(scope="module")
 def sidecar(fake: FakeOllama, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSidecar]:
-    root = tmp_path_factory.mktemp("faults")
-    (root / "uploads").mkdir()
-    key = "faults-" + "k3y" * 12
-    env = sidecar_env(
-        root / "uploads",
-        api_key=key,
-        port=str(free_port()),
-        ollama_url=fake.url,
-        ollama_timeout_s=str(OLLAMA_TIMEOUT_S),
-        ollama_connect_timeout_s="1",
-    )
-    no_model = str(root / "no-model")
-    env |= {"OCR_SIDECAR_EMBED_MODEL": no_model, "OCR_SIDECAR_RERANK_MODEL": no_model}
-    with running_sidecar(env, root, key) as running:
+    timeouts = {"ollama_timeout_s": str(OLLAMA_TIMEOUT_S), "ollama_connect_timeout_s": "1"}
+    with ocr_only_sidecar(tmp_path_factory.mktemp("faults"), fake.url, **timeouts) as running:
         yield running
 
 
