@@ -10,7 +10,8 @@ Rules (the `rule` names are stable and machine-readable; `RULES` lists them):
 
 | rule              | when                                                       | step  |
 |-------------------|------------------------------------------------------------|-------|
-| `job_hold`        | any page but the last                                      | run   |
+| `job_hold`        | any page but the last, and the last while another job of   | run   |
+|                   | the same model runs (`GpuView.other_jobs`)                 |       |
 | after-job rules   | the last page: `calculate_ocr_residency`'s rule and value  | run   |
 | `yield_squeezed`  | the model must load; a loaded priority model is not wholly | wait  |
 |                   | in VRAM (`size_vram < size`)                               |       |
@@ -18,7 +19,7 @@ Rules (the `rule` names are stable and machine-readable; `RULES` lists them):
 |                   | OCR footprint does not fit beside it (an unknown footprint |       |
 |                   | or unknown VRAM never fits)                                |       |
 | `yield_reserve`   | the model must load; no priority model is loaded and the   | wait  |
-|                   | load would leave less than `LLM_RESERVE_MIB` free          |       |
+|                   | load would leave less than `LLM_RESERVE_MIB` / 0.8 free    |       |
 | `yield_critical`  | the model must load; VRAM with it would reach              | wait  |
 |                   | `VRAM_CRITICAL_PCT`                                        |       |
 
@@ -64,9 +65,11 @@ from typing import Literal
 from sidecar.durations import format_seconds
 from sidecar.loaded_models import LoadedModel
 from sidecar.residency_policy import (
+    OLLAMA_FIT_SHARE,
     ResidencySettings,
     calculate_ocr_residency,
     is_listed,
+    llm_room_mib,
     priority_cap_seconds,
     priority_loaded,
 )
@@ -78,9 +81,6 @@ from sidecar.vram_monitor import VramSnapshot
 JOB_HOLD_S = 60
 # How often a yielding job looks again at VRAM and /api/ps.
 YIELD_POLL_S = 1.0
-# Ollama loads a model beside others only when its estimate is at most this share of free VRAM
-# (ollama-api.md §8.2 step 3); above it, it evicts an idle runner: the LLM.
-OLLAMA_FIT_SHARE = 0.8
 
 YIELD_RULES = ("yield_squeezed", "yield_no_room", "yield_reserve", "yield_critical")
 RULES = ("job_hold", *YIELD_RULES)  # plus calculate_ocr_residency's rules on the last page
@@ -94,6 +94,9 @@ class GpuView:
     loaded: Sequence[LoadedModel]  # /api/ps now
     # OCR model footprint if it must load: /api/tags size + KV headroom; None = unknown.
     ocr_size_mib: int | None
+    # Other jobs of the same OCR model running in this sidecar now: while one is, the last page
+    # of this job holds the model too (the job that ends last sends the after-job value).
+    other_jobs: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,11 +125,24 @@ def hold_seconds(settings: ResidencySettings) -> int:
     return max(hold, 1)
 
 
+def shares_the_card(
+    total_mib: int, priority: Sequence[LoadedModel], footprint_mib: int, llm_reserve_mib: int
+) -> bool:
+    """Whether the OCR model and the priority LLM can be resident together by Ollama's rule
+    (the newcomer takes at most 80% of the free VRAM), counting Ollama's models alone on the card:
+    the loaded priority models' sizes, or `LLM_RESERVE_MIB` when none is loaded."""
+    if priority:
+        taken = sum(model.size_mib for model in priority)
+        return footprint_mib <= OLLAMA_FIT_SHARE * (total_mib - taken)
+    return llm_room_mib(llm_reserve_mib) + footprint_mib <= total_mib
+
+
 def llm_needs_memory(
     profile: OcrProfile, view: GpuView, settings: ResidencySettings
 ) -> tuple[str, str] | None:
     """(rule, reason) when loading the OCR model now would take memory the priority LLM needs
-    now; None when it may load. Only meaningful while the OCR model is not listed."""
+    now and waiting can give it back; None when the OCR model may load. Only meaningful while
+    the OCR model is not listed. The cases are in the module docstring."""
     priority = priority_loaded(profile.model, view.loaded, settings)
     for model in priority:
         if model.size_vram < model.size:
@@ -150,15 +166,18 @@ def llm_needs_memory(
                 f"{priority[0].name}",
             )
         footprint = 0
+    sharing = shares_the_card(vram.total_mib, priority, footprint, settings.llm_reserve_mib)
     used_after = vram.used_mib + footprint
     used_pct = 100.0 * used_after / vram.total_mib if vram.total_mib > 0 else 100.0
-    if used_pct >= settings.vram_critical_pct:
-        return (
-            "yield_critical",
-            f"vram critical with {profile.model}: {_pct(used_pct)} ≥ "
-            f"{_pct(settings.vram_critical_pct)}",
-        )
     if priority:
+        if not sharing:
+            return None  # they take turns: waiting frees nothing while the LLM stays (see above)
+        if used_pct >= settings.vram_critical_pct:
+            return (
+                "yield_critical",
+                f"vram critical with {profile.model}: {_pct(used_pct)} ≥ "
+                f"{_pct(settings.vram_critical_pct)}",
+            )
         if footprint > OLLAMA_FIT_SHARE * vram.free_mib:
             return (
                 "yield_no_room",
@@ -166,12 +185,27 @@ def llm_needs_memory(
                 f"{vram.free_mib} MiB free",
             )
         return None
-    free_after = vram.free_mib - footprint
-    if free_after < settings.llm_reserve_mib:
+    if used_pct >= settings.vram_critical_pct:
+        return (
+            "yield_critical",
+            f"vram critical with {profile.model}: {_pct(used_pct)} ≥ "
+            f"{_pct(settings.vram_critical_pct)}",
+        )
+    names = ", ".join(settings.priority_models)
+    if sharing:  # keep the LLM's room beside the OCR model
+        free_after = vram.free_mib - footprint
+        room = llm_room_mib(settings.llm_reserve_mib)
+        if free_after < room:
+            return (
+                "yield_reserve",
+                f"llm reserve: {max(free_after, 0)} MiB would be free < {room} MiB {names} "
+                f"({settings.llm_reserve_mib} MiB) needs to load beside the OCR model",
+            )
+    elif vram.free_mib < settings.llm_reserve_mib:  # the LLM evicts it, then needs its size
         return (
             "yield_reserve",
-            f"llm reserve: {max(free_after, 0)} MiB would be free < "
-            f"{settings.llm_reserve_mib} MiB kept for {', '.join(settings.priority_models)}",
+            f"llm reserve: {vram.free_mib} MiB free < {settings.llm_reserve_mib} MiB {names} "
+            "needs once it has the card to itself",
         )
     return None
 
@@ -249,6 +283,12 @@ class JobResidency:
             reason = (
                 f"job hold: {format_seconds(hold)} between pages, {self.remaining - 1} "
                 f"page{'s' if self.remaining != 2 else ''} after this one"
+            )
+        elif view.other_jobs > 0:
+            keep_alive, rule = hold, "job_hold"
+            reason = (
+                f"job hold: {format_seconds(hold)}, {view.other_jobs} other job"
+                f"{'s' if view.other_jobs != 1 else ''} of the model still running"
             )
         else:
             decision = calculate_ocr_residency(

@@ -17,8 +17,10 @@ Every rule yields a cap; the decision is the smallest cap, and its rule is the r
 | `critical`          | 0 when used ≥ `VRAM_CRITICAL_PCT`                                       |
 | `priority_squeezed` | 0 when a loaded priority model (`PRIORITY_MODELS` globs) is not wholly |
 |                     | in VRAM (`size_vram < size`): it already has less than it needs         |
-| `llm_reserve`       | 0 when no priority model is loaded and free < `LLM_RESERVE_MIB`: the   |
-|                     | LLM must be able to load without waiting for the OCR model to expire   |
+| `llm_reserve`       | 0 when no priority model is loaded and free < `LLM_RESERVE_MIB` / 0.8: |
+|                     | the LLM must be able to load beside the OCR model without Ollama       |
+|                     | evicting it first (Ollama loads a model beside others only when it    |
+|                     | takes at most 80% of the free VRAM, ollama-api.md §8.2)               |
 | `pressure`          | between `VRAM_PRESSURE_PCT` and `VRAM_CRITICAL_PCT` the ceiling shrinks |
 |                     | linearly, from the full ceiling at the pressure mark to 0 at critical   |
 | `footprint_unknown` | 0 when the OCR model is not loaded, its size is unknown and a priority |
@@ -52,6 +54,9 @@ from sidecar.vram_monitor import VramSnapshot
 
 # A "forever" ceiling (negative keep_alive) is held to this.
 FOREVER_CAP_S = 3600
+# Ollama loads a model beside others only when its estimate is at most this share of the free
+# VRAM (ollama-api.md §8.2 step 3); above it, it evicts an idle runner first.
+OLLAMA_FIT_SHARE = 0.8
 RULES = (
     "ceiling",
     "unknown",
@@ -107,6 +112,12 @@ def priority_cap_seconds(settings: ResidencySettings) -> int | None:
     if math.isinf(priority):
         return None
     return max(math.ceil(priority) - 1, 0)
+
+
+def llm_room_mib(llm_reserve_mib: int) -> int:
+    """Free VRAM a priority model of `LLM_RESERVE_MIB` needs to load beside a resident model
+    without Ollama evicting that one first."""
+    return math.ceil(llm_reserve_mib / OLLAMA_FIT_SHARE)
 
 
 def is_priority_model(name: str, patterns: Sequence[str]) -> bool:
@@ -210,12 +221,14 @@ def calculate_ocr_residency(
                     "priority_squeezed",
                 )
             )
-    if not priority and free < settings.llm_reserve_mib:
+    room = llm_room_mib(settings.llm_reserve_mib)
+    if not priority and free < room:
         caps.append(
             ResidencyDecision(
                 0,
-                f"llm reserve: {free} MiB free < {settings.llm_reserve_mib} MiB kept for "
-                f"{', '.join(settings.priority_models) or 'the LLM'}",
+                f"llm reserve: {free} MiB free < {room} MiB "
+                f"{', '.join(settings.priority_models) or 'the LLM'} "
+                f"({settings.llm_reserve_mib} MiB) needs to load beside the OCR model",
                 "llm_reserve",
             )
         )

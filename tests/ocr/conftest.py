@@ -63,7 +63,7 @@ class VramFile:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.set(total_mib=16311, used_mib=2000)  # room for the OCR model and the LLM reserve
+        self.set(total_mib=16311, used_mib=400)  # room for the OCR model and the LLM beside it
 
     @property
     def source(self) -> str:

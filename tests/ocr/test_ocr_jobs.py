@@ -249,7 +249,7 @@ async def test_a_job_waits_for_the_llm_and_goes_on_once_its_memory_is_free(
         await client.post(
             f"{fake_ollama.url}/api/generate", json={"model": LLM_MODEL, "keep_alive": 0}
         )
-        vram.set(total_mib=16311, used_mib=2000)  # the LLM has gone: its memory is free
+        vram.set(total_mib=16311, used_mib=400)  # the LLM has gone: its memory is free
         response = await job
     assert response.status_code == 200, response.text
     residency = response.json()["residency"]

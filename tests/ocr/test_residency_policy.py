@@ -233,7 +233,10 @@ def test_reserve_for_an_unloaded_llm_counts_the_ocr_footprint():
     assert decide("5m", snapshot(16000, 4000), [], settings).keep_alive_seconds == 300
     decision = decide("5m", snapshot(16000, 4000), [], settings, footprint=3500)
     assert (decision.keep_alive_seconds, decision.rule) == (0, "llm_reserve")
-    assert decision.reason == "llm reserve: 8500 MiB free < 9000 MiB kept for typhoon2.5*"
+    assert decision.reason == (
+        "llm reserve: 8500 MiB free < 11250 MiB typhoon2.5* (9000 MiB) needs to load beside the "
+        "OCR model"
+    )
     # once /api/ps lists the OCR model, its memory is already in "used"
     ocr = loaded(OCR + ":latest", 3500)
     assert decide("5m", snapshot(16000, 4000), [ocr], settings, footprint=3500).rule == "ceiling"

@@ -7,7 +7,12 @@ import dataclasses
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from sidecar.placement_policy import PlacementInputs, decide_placement
+from sidecar.placement_policy import (
+    PlacementInputs,
+    decide_placement,
+    placement_keep_free_mib,
+    placement_reserve_mib,
+)
 from sidecar.vram_monitor import VramSnapshot
 
 
@@ -31,6 +36,7 @@ def placement_inputs(draw: st.DrawFn) -> PlacementInputs:
         fit_held_s=draw(st.floats(0, 1000)),
         settle_s=draw(st.floats(0, 300)),
         reserve_mib=draw(st.sampled_from([0, 0, 9000]) | st.integers(0, 20_000)),
+        keep_free_mib=draw(st.sampled_from([0, 0, 9000]) | st.integers(0, 20_000)),
     )
 
 
@@ -155,18 +161,48 @@ def test_reason_reads_like_the_contract() -> None:
 
 
 @given(auto_inputs)
-def test_the_reserve_only_gates_moves_up(inputs: PlacementInputs) -> None:
-    """A model on the GPU stays whatever the reserve; one on the CPU moves up only when the move
-    leaves `reserve_mib` free; with no reserve the policy is what it was."""
+def test_the_reserve_is_kept_both_ways_without_flapping(inputs: PlacementInputs) -> None:
+    """A model moves up only when the move leaves `reserve_mib` free; a model on the GPU moves
+    down when free VRAM is below `keep_free_mib`; with neither the policy is what it was; and a
+    model that just moved down does not qualify to move straight back up (with the caller's
+    marks, `keep_free_mib` ≤ `reserve_mib`)."""
     decision = decide_placement(inputs)
-    unreserved = decide_placement(dataclasses.replace(inputs, reserve_mib=0))
-    if inputs.current == "cuda":
-        assert decision == unreserved
-    elif decision.device == "cuda":
+    unreserved = decide_placement(dataclasses.replace(inputs, reserve_mib=0, keep_free_mib=0))
+    vram = inputs.vram
+    if decision.device == "cuda":
         assert unreserved.device == "cuda"
-    if unreserved.device == "cuda" and inputs.current == "cpu" and decision.device == "cpu":
+        if vram is not None and inputs.current == "cuda":
+            assert vram.free_mib >= inputs.keep_free_mib
+    if unreserved.device == "cuda" and decision.device == "cpu":
         assert decision.reason.startswith("llm reserve: ")
         assert not decision.gpu_fits  # the settling clock does not run against the reserve
+        if inputs.current == "cuda" and vram is not None:
+            down = VramSnapshot(vram.total_mib, vram.used_mib - inputs.model_mib,
+                                vram.free_mib + inputs.model_mib, "f", 0.0)  # fmt: skip
+            again = dataclasses.replace(inputs, vram=down, current="cpu", fit_held_s=1e9,
+                                        reserve_mib=max(inputs.reserve_mib,
+                                                        inputs.keep_free_mib))  # fmt: skip
+            assert decide_placement(again).device == "cpu"
+
+
+@given(auto_inputs)
+def test_without_keep_free_the_reserve_never_pushes_a_model_off_the_gpu(
+    inputs: PlacementInputs,
+) -> None:
+    on_gpu = dataclasses.replace(inputs, current="cuda", keep_free_mib=0)
+    unreserved = dataclasses.replace(on_gpu, reserve_mib=0)
+    assert decide_placement(on_gpu) == decide_placement(unreserved)
+
+
+def test_placement_reserve_keeps_room_for_the_llm_beside_the_ocr_model_when_it_can() -> None:
+    # a 9000 MiB LLM can share 16 GB with the OCR model: room for it (11250) and the OCR model
+    assert placement_reserve_mib(16311, 9000, 3300) == 11250 + 3300
+    assert placement_keep_free_mib(16311, 9000, 3300) == 11250 + 3300
+    # a 12300 MiB LLM cannot: it evicts the OCR model, then needs its own size; models stay
+    assert placement_reserve_mib(16311, 12300, 3300) == 12300
+    assert placement_keep_free_mib(16311, 12300, 3300) == 0
+    assert placement_reserve_mib(None, 9000, 3300) == 9000
+    assert placement_reserve_mib(16311, 9000, None) == 9000
 
 
 @given(gpu_fits_inputs(), st.integers(0, 20_000))

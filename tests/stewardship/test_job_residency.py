@@ -16,6 +16,7 @@ from sidecar.job_residency import (
     GpuView,
     JobResidency,
     PageStep,
+    shares_the_card,
 )
 from sidecar.loaded_models import LoadedModel
 from sidecar.residency_policy import RULES as AFTER_JOB_RULES
@@ -199,7 +200,11 @@ def test_never_loads_beside_a_squeezed_or_unmeasured_llm_before_the_bound(run: R
             if entry.name.startswith(LLM):
                 assert entry.size_vram >= entry.size  # not squeezed
                 assert view.vram is not None and view.ocr_size_mib is not None
-                assert view.ocr_size_mib <= 0.8 * view.vram.free_mib
+                priority = [m for m in view.loaded if m.name.startswith(LLM)]
+                settings = run.job.settings
+                assert view.ocr_size_mib <= 0.8 * view.vram.free_mib or not shares_the_card(
+                    view.vram.total_mib, priority, view.ocr_size_mib, settings.llm_reserve_mib
+                )
 
 
 # --- worked examples ---------------------------------------------------------------------------
@@ -259,9 +264,8 @@ def test_evicted_by_the_llm_mid_job_waits_before_taking_it_back():
     job = JobResidency(OcrProfile(model=OCR), Settings(), pages=3)
     assert job.next_step(GpuView(vram(16311, 700), [], 3500), waited_s=0).load
     job.page_done()
-    # the LLM loaded and evicted the OCR model: 11 GB LLM, no room for the OCR model beside it
-    big = model(LLM + ":latest", 11000)
-    step = job.next_step(GpuView(vram(16311, 11800), [big], 3650), waited_s=0)
+    # the LLM loaded and evicted the OCR model; torch took memory since: no room beside it now
+    step = job.next_step(GpuView(vram(16311, 11960), [LLM_UP], 3500), waited_s=0)
     assert (step.action, step.rule) == ("wait", "yield_no_room")
     # the LLM went away: it loads again (the second load, after an outside eviction)
     step = job.next_step(GpuView(vram(16311, 800), [], 3500), waited_s=7)
@@ -275,8 +279,35 @@ def test_a_squeezed_llm_makes_the_load_wait():
     assert (step.action, step.rule) == ("wait", "yield_squeezed")
 
 
-def test_no_llm_and_no_reserve_left_waits():
-    job = JobResidency(OcrProfile(model=OCR), Settings(llm_reserve_mib=12000), pages=2)
+def test_no_llm_loaded_keeps_its_room_beside_the_ocr_model():
+    """9000 MiB LLM: it needs 11250 MiB free to load beside the OCR model (0.8 of free)."""
+    job = JobResidency(OcrProfile(model=OCR), Settings(llm_reserve_mib=9000), pages=2)
     step = job.next_step(GpuView(vram(16311, 2700), [], 3500), waited_s=0)
     assert (step.action, step.rule) == ("wait", "yield_reserve")
+    assert "11250 MiB" in step.reason
     assert job.next_step(GpuView(vram(16311, 700), [], 3500), waited_s=0).action == "run"
+
+
+def test_an_llm_that_cannot_share_the_card_gets_its_size_once_alone():
+    """12000 MiB LLM: never resident beside the OCR model; it evicts it, then needs 12000 MiB."""
+    job = JobResidency(OcrProfile(model=OCR), Settings(llm_reserve_mib=12000), pages=2)
+    step = job.next_step(GpuView(vram(16311, 5000), [], 3500), waited_s=0)
+    assert (step.action, step.rule) == ("wait", "yield_reserve")
+    assert job.next_step(GpuView(vram(16311, 2700), [], 3500), waited_s=0).action == "run"
+
+
+def test_a_loaded_llm_that_cannot_share_the_card_is_not_waited_for():
+    """Waiting frees nothing while the LLM stays: they take turns, and Ollama evicts the OCR
+    model first when the LLM needs the card back (its keep_alive sorts first)."""
+    job = JobResidency(OcrProfile(model=OCR), Settings(llm_reserve_mib=12300), pages=2)
+    big = model(LLM + ":latest", 12300)
+    step = job.next_step(GpuView(vram(16311, 12650), [big], 3300), waited_s=0)
+    assert (step.action, step.load, step.rule) == ("run", True, "job_hold")
+    assert job.yields == 0
+
+
+def test_the_last_page_holds_while_another_job_of_the_model_runs():
+    job = JobResidency(OcrProfile(model=OCR), Settings(), pages=1)
+    step = job.next_step(GpuView(vram(16311, 3700), [OCR_UP], 3300, other_jobs=1), waited_s=0)
+    assert (step.keep_alive, step.rule) == (f"{JOB_HOLD_S}s", "job_hold")
+    assert "1 other job" in step.reason
