@@ -39,15 +39,28 @@ page whose after-job value is 0 and whose model is not loaded, the step sends no
 call (`load=False`, `loading=True`); the page call itself loads the model and carries the 0, so
 Ollama unloads it as soon as the page is done. `loads` counts that load too.
 
-Yielding, and why only before a load. The job yields when the priority LLM needs the memory now:
-it is loaded but squeezed, it is not loaded (or is loading, which /api/ps does not show) and the
-OCR model would not leave it `LLM_RESERVE_MIB`, the OCR model does not fit beside it, or VRAM would
-be critical. These are checked when the OCR model is *not* listed, i.e. when running the page
-would (re)load it: that load is what would evict the LLM (Ollama evicts the idle LLM when the
-newcomer does not fit) or over-commit the card. When the OCR model is listed its memory is
-already taken; pausing would keep that memory idle and only delay the job, and an LLM that needs
-to load gets it anyway, because Ollama evicts the idle OCR model first. So a job that is running
-never pauses; a job whose model was evicted by the LLM waits before taking it back.
+Yielding, and why only before a load, and only when waiting can help. These are checked when the
+OCR model is *not* listed, i.e. when running the page would (re)load it: that load is what would
+evict the LLM (Ollama evicts the idle LLM when the newcomer does not fit) or over-commit the card.
+When the OCR model is listed its memory is already taken; pausing would keep that memory idle and
+only delay the job, and an LLM that needs to load gets it anyway, because Ollama evicts the idle
+OCR model first. So a job that is running never pauses; a job whose model was evicted by the LLM
+waits before taking it back. The job waits when:
+
+- a loaded priority model is squeezed (`yield_squeezed`);
+- a loaded priority model that the OCR model *could* share the card with (`shares_the_card`: it
+  fits beside it by Ollama's rule with only Ollama's models on the card) has no room for it now
+  (`yield_no_room`: an unknown footprint or VRAM never fits) or VRAM with it would be critical
+  (`yield_critical`): other memory (torch, another process) is in the way, and it may go;
+- no priority model is loaded (or one is loading, which /api/ps does not show) and the load would
+  leave less than the LLM needs (`yield_reserve`): `LLM_RESERVE_MIB / 0.8` beside the OCR model
+  when the two can share the card (`llm_room_mib`), else `LLM_RESERVE_MIB` once the LLM has evicted
+  it; or VRAM with the OCR model would be critical (`yield_critical`).
+
+A loaded LLM that the OCR model can never share the card with (a long context) is not waited
+for: waiting frees nothing while it stays, and `bench/gpu_sim.py` measured that waiting for it only
+made jobs longer and the LLM's reloads more frequent (docs/gpu-stewardship.md). The two take
+turns; Ollama evicts the OCR model first whenever the LLM needs the card back.
 
 The wait is bounded: while `waited_s` (what the caller already yielded before this page) is below
 `OCR_YIELD_MAX_S` the step says `wait` and `retry_in_s` (`YIELD_POLL_S`, or what is left); once
