@@ -13,8 +13,10 @@ fp16 on the GPU, fp32 on the CPU, `torch.cuda.empty_cache()` after leaving the G
 probe, the GPU's torch device, the cache-emptying call and the clock are injectable so the mover is
 tested with real torch modules on a machine without CUDA; production uses the defaults.
 
-A move up also keeps `LLM_RESERVE_MIB` free for the OCR model while no priority model is loaded
-(`priority_loaded()` not True): once it is loaded its memory is already in the VRAM figure.
+While no priority model is loaded (`OllamaView.priority_loaded()` not True) placement keeps room
+for it: `reserve_mib` and `keep_free_mib` from `placement_reserve_mib`/`placement_keep_free_mib`
+over the GPU's total, `LLM_RESERVE_MIB` and the OCR model's footprint, the same inputs
+`bench/gpu_sim.py` measured. Once it is loaded its memory is already in the VRAM figure: both 0.
 
 torch is imported where it is used, never at import time: this module is imported by the model
 loading thread, so the server answers /live before torch has been read from disk.
@@ -27,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from sidecar.observability import Metrics
 from sidecar.placement_policy import (
@@ -36,9 +38,11 @@ from sidecar.placement_policy import (
     PlacementDecision,
     PlacementInputs,
     decide_placement,
+    placement_keep_free_mib,
+    placement_reserve_mib,
 )
 from sidecar.units import MIB
-from sidecar.vram_monitor import VramMonitor
+from sidecar.vram_monitor import VramMonitor, VramSnapshot
 
 if TYPE_CHECKING:
     import torch
@@ -54,6 +58,28 @@ DEFAULT_HEADROOM_MIB = 1024
 DEFAULT_SETTLE_S = 30.0
 # How often the watcher re-reads VRAM when no batch is running.
 DEFAULT_CHECK_INTERVAL_S = 1.0
+
+
+class OllamaView(Protocol):
+    """What the OCR side last saw of Ollama (read-only; `OcrPipeline` is one)."""
+
+    def priority_loaded(self) -> bool | None:
+        """Whether a priority model (the LLM) is loaded; None when unknown."""
+        ...
+
+    def ocr_footprint_mib(self) -> int | None:
+        """The OCR model's footprint should it load (MiB); None when unknown."""
+        ...
+
+
+class UnknownOllama:
+    """The view when no OCR side is wired: nothing known, so the reserve applies."""
+
+    def priority_loaded(self) -> bool | None:
+        return None
+
+    def ocr_footprint_mib(self) -> int | None:
+        return None
 
 
 def module_mib(module: torch.nn.Module, bytes_per_param: int = 2) -> int:
@@ -109,7 +135,7 @@ class DeviceManager:
         headroom_mib: int = DEFAULT_HEADROOM_MIB,
         settle_s: float = DEFAULT_SETTLE_S,
         llm_reserve_mib: int = 0,
-        priority_loaded: Callable[[], bool | None] = lambda: None,
+        ollama_view: OllamaView | None = None,
         cuda_available: Callable[[], bool] | None = None,
         gpu_device: str = "cuda",
         gpu_dtype: str = "float16",
@@ -125,7 +151,7 @@ class DeviceManager:
         self.headroom_mib = headroom_mib
         self.settle_s = settle_s
         self.llm_reserve_mib = llm_reserve_mib
-        self.priority_loaded = priority_loaded
+        self.ollama_view: OllamaView = ollama_view or UnknownOllama()
         self.cuda_available = cuda_available or torch.cuda.is_available
         self.gpu_device = torch.device(gpu_device)
         self.gpu_dtype: torch.dtype = getattr(torch, gpu_dtype)
@@ -149,13 +175,13 @@ class DeviceManager:
         """The policy's answer for `placed` now; updates how long the GPU has fitted."""
         now = self.clock()
         cuda = self.cuda_available()
-        # A loaded priority model's memory is already in `used`; otherwise keep room for it.
-        reserve_mib = 0 if self.priority_loaded() is True else self.llm_reserve_mib
+        # Only the auto mode with CUDA present needs VRAM figures.
+        vram = self.vram.snapshot() if self.mode == "auto" and cuda else None
+        reserve_mib, keep_free_mib = self.llm_marks(vram)
         inputs = PlacementInputs(
             mode=self.mode,
             cuda_available=cuda,
-            # Only the auto mode with CUDA present needs VRAM figures.
-            vram=self.vram.snapshot() if self.mode == "auto" and cuda else None,
+            vram=vram,
             model_mib=placed.model_mib,
             headroom_mib=self.headroom_mib,
             pressure_pct=self.pressure_pct,
@@ -163,6 +189,7 @@ class DeviceManager:
             fit_held_s=0.0 if placed.fit_since is None else now - placed.fit_since,
             settle_s=0.0 if initial else self.settle_s,
             reserve_mib=reserve_mib,
+            keep_free_mib=keep_free_mib,
         )
         decision = decide_placement(inputs)
         if not decision.gpu_fits:
@@ -170,6 +197,15 @@ class DeviceManager:
         elif placed.fit_since is None:
             placed.fit_since = now
         return decision
+
+    def llm_marks(self, vram: VramSnapshot | None) -> tuple[int, int]:
+        """`(reserve_mib, keep_free_mib)` now, as `bench/gpu_sim.py` passes them: both 0 while a
+        priority model is loaded (its memory is already in `used`), else room kept for it."""
+        if self.ollama_view.priority_loaded() is True:
+            return 0, 0
+        total = None if vram is None else vram.total_mib
+        args = (total, self.llm_reserve_mib, self.ollama_view.ocr_footprint_mib())
+        return placement_reserve_mib(*args), placement_keep_free_mib(*args)
 
     def reconcile(self, placed: PlacedModel, *, initial: bool = False) -> Device:
         """Decide and, if needed, move. Waits for the running batch (the model lock) first."""

@@ -39,14 +39,11 @@ from sidecar.schemas import EmbedRequest, RerankRequest
 from sidecar.vram_monitor import VramMonitor
 
 if TYPE_CHECKING:
-    from sidecar.devices import DeviceManager, PlacedModel, PlacementWatcher
+    from sidecar.devices import DeviceManager, OllamaView, PlacedModel, PlacementWatcher
     from sidecar.retrieval.embedder import Embedder
     from sidecar.retrieval.reranker import Reranker
 
 logger = logging.getLogger("sidecar.retrieval")
-
-# Whether Ollama has a priority model (the LLM) loaded: True, False, or None when unknown.
-PriorityLoaded = Callable[[], "bool | None"]
 
 Kind = Literal["embed", "rerank"]
 ModelT = TypeVar("ModelT", "Embedder", "Reranker")
@@ -99,8 +96,10 @@ def device_manager_from_settings(
     settings: Settings,
     vram: VramMonitor,
     metrics: Metrics,
-    priority_loaded: PriorityLoaded = lambda: None,
+    ollama_view: OllamaView | None = None,
 ) -> DeviceManager:
+    """The placement manager the settings describe; `ollama_view` (the OCR pipeline) tells it
+    whether the LLM is loaded and the OCR model's footprint (None: unknown, the reserve holds)."""
     from sidecar.devices import DeviceManager  # imports torch: called from the loading thread
 
     return DeviceManager(
@@ -109,7 +108,7 @@ def device_manager_from_settings(
         mode=settings.model_device,
         pressure_pct=settings.vram_pressure_pct,
         llm_reserve_mib=settings.llm_reserve_mib,
-        priority_loaded=priority_loaded,
+        ollama_view=ollama_view,
     )
 
 
@@ -123,7 +122,7 @@ class RetrievalService:
         embed_loader: Callable[[str], Embedder] = load_embedder,
         rerank_loader: Callable[[str], Reranker] = load_reranker,
         devices: DeviceManager | None = None,
-        priority_loaded: PriorityLoaded = lambda: None,
+        ollama_view: OllamaView | None = None,
         watch_interval_s: float | None = None,
         max_queued_items: int | None = None,
     ) -> None:
@@ -131,7 +130,7 @@ class RetrievalService:
         self.metrics = metrics
         self._given_devices = devices
         self._build_devices = lambda: device_manager_from_settings(
-            settings, vram, metrics, priority_loaded
+            settings, vram, metrics, ollama_view
         )
         self._watch_interval_s = watch_interval_s
         self._watcher: PlacementWatcher | None = None

@@ -61,6 +61,21 @@ def tiny_model() -> torch.nn.Module:
     return torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.GELU(), torch.nn.Linear(32, 4))
 
 
+@dataclass
+class ReportedOllama:
+    """What the OCR side reports (an `OllamaView`): is a priority model (the LLM) loaded, and the
+    OCR model's footprint in MiB. None = unknown."""
+
+    loaded: bool | None = None
+    ocr_mib: int | None = None
+
+    def priority_loaded(self) -> bool | None:
+        return self.loaded
+
+    def ocr_footprint_mib(self) -> int | None:
+        return self.ocr_mib
+
+
 @pytest.fixture
 def rig() -> Callable[..., tuple[DeviceManager, ScriptedVram, FakeClock, CacheSpy, Metrics]]:
     def build(
@@ -69,7 +84,7 @@ def rig() -> Callable[..., tuple[DeviceManager, ScriptedVram, FakeClock, CacheSp
         mode: str = "auto",
         settle_s: float = 30.0,
         llm_reserve_mib: int = 0,
-        priority_loaded: Callable[[], bool | None] = lambda: None,
+        ollama_view: ReportedOllama | None = None,
     ) -> tuple[DeviceManager, ScriptedVram, FakeClock, CacheSpy, Metrics]:
         vram, clock, spy, metrics = ScriptedVram(), FakeClock(), CacheSpy(), Metrics()
         manager = DeviceManager(
@@ -80,7 +95,7 @@ def rig() -> Callable[..., tuple[DeviceManager, ScriptedVram, FakeClock, CacheSp
             headroom_mib=500,
             settle_s=settle_s,
             llm_reserve_mib=llm_reserve_mib,
-            priority_loaded=priority_loaded,
+            ollama_view=ollama_view,
             cuda_available=lambda: cuda,
             gpu_device="cpu",
             empty_cache=spy,
@@ -244,22 +259,12 @@ def test_watcher_evacuates_an_idle_model(rig: Callable[..., tuple]) -> None:
     assert placed.device == "cpu"
 
 
-@dataclass
-class PriorityModel:
-    """What the OCR side reports: is a priority model (the LLM) loaded? None = unknown."""
-
-    loaded: bool | None = None
-
-    def __call__(self) -> bool | None:
-        return self.loaded
-
-
 @pytest.mark.parametrize("reported", [None, False])
 def test_a_move_up_keeps_the_llm_reserve_until_a_priority_model_is_loaded(
     rig: Callable[..., tuple], reported: bool | None
 ) -> None:
-    priority = PriorityModel(reported)
-    manager, vram, clock, _spy, metrics = rig(llm_reserve_mib=9000, priority_loaded=priority)
+    priority = ReportedOllama(reported)
+    manager, vram, clock, _spy, metrics = rig(llm_reserve_mib=9000, ollama_view=priority)
     vram.used_mib = 8000  # 8000 MiB free: the model fits, but not beside a 9000 MiB reserve
     placed = manager.add("embed", tiny_model())
     assert placed.device == "cpu"
@@ -277,9 +282,12 @@ def test_a_move_up_keeps_the_llm_reserve_until_a_priority_model_is_loaded(
 
 
 def test_the_reserve_never_pushes_a_model_off_the_gpu(rig: Callable[..., tuple]) -> None:
-    """The reserve gates moves up only: a model already on the GPU stays below the pressure mark
-    even when the LLM is unloaded and less than the reserve is free."""
-    manager, vram, _clock, spy, _metrics = rig(llm_reserve_mib=9000, priority_loaded=lambda: False)
+    """With the OCR model's footprint unknown the reserve gates moves up only: a model already on
+    the GPU stays below the pressure mark even when the LLM is unloaded and less than the reserve
+    is free."""
+    manager, vram, _clock, spy, _metrics = rig(
+        llm_reserve_mib=9000, ollama_view=ReportedOllama(False)
+    )
     placed = manager.add("embed", tiny_model())
     assert placed.device == "cuda"
     vram.used_mib = 12_000  # 75%: under the 85% mark, 4000 MiB free < the reserve
@@ -289,10 +297,73 @@ def test_the_reserve_never_pushes_a_model_off_the_gpu(rig: Callable[..., tuple])
 def test_the_service_builds_its_manager_with_the_reserve_setting(
     make_settings: Callable[..., Settings],
 ) -> None:
-    priority = PriorityModel(True)
+    reported = ReportedOllama(True, ocr_mib=3000)
     settings = make_settings(llm_reserve_mib=7000)
-    manager = device_manager_from_settings(settings, ScriptedVram(), Metrics(), priority)
+    manager = device_manager_from_settings(settings, ScriptedVram(), Metrics(), reported)
     assert manager.llm_reserve_mib == 7000
-    assert manager.priority_loaded() is True
-    priority.loaded = False
-    assert manager.priority_loaded() is False
+    snapshot = ScriptedVram().snapshot()
+    assert manager.llm_marks(snapshot) == (0, 0)
+    reported.loaded = False  # read on every decision, not copied at construction
+    assert manager.llm_marks(snapshot) == (8750 + 3000, 8750 + 3000)  # 7000 / 0.8 + OCR
+
+
+# LLM_RESERVE_MIB 4000 takes 5000 MiB free to load beside a resident model (Ollama's 80% rule);
+# with a 3000 MiB OCR model that is 8000 MiB kept while the LLM is not loaded.
+LLM_MIB, OCR_MIB, KEPT_MIB = 4000, 3000, 8000
+
+
+def test_no_llm_loaded_a_move_up_leaves_room_for_the_llm_beside_the_ocr_model(
+    rig: Callable[..., tuple],
+) -> None:
+    reported = ReportedOllama(False, ocr_mib=OCR_MIB)
+    manager, vram, clock, _spy, _metrics = rig(llm_reserve_mib=LLM_MIB, ollama_view=reported)
+    vram.used_mib = 8000  # 8000 free: more than LLM_RESERVE_MIB, less than LLM room + OCR + model
+    placed = manager.add("embed", tiny_model())
+    assert placed.device == "cpu"
+    assert placed.reason == f"llm reserve: 7499 MiB would be free < {KEPT_MIB} MiB kept for the LLM"
+
+    vram.used_mib = 7000  # 9000 free: the move leaves 8499 MiB, room for both
+    assert manager.reconcile(placed) == "cpu" and placed.reason.startswith("settling")
+    clock.now += 30.0
+    assert manager.reconcile(placed) == "cuda"
+    assert all(p.dtype == torch.float16 for p in placed.module.parameters())
+
+
+def test_no_llm_loaded_a_model_on_the_gpu_moves_down_below_the_keep_free_mark(
+    rig: Callable[..., tuple],
+) -> None:
+    reported = ReportedOllama(None, ocr_mib=OCR_MIB)
+    manager, vram, _clock, spy, metrics = rig(llm_reserve_mib=LLM_MIB, ollama_view=reported)
+    placed = manager.add("embed", tiny_model())
+    assert placed.device == "cuda"
+    vram.used_mib = 16000 - KEPT_MIB  # exactly the mark free: it stays
+    assert manager.reconcile(placed) == "cuda" and spy.calls == 0
+    vram.used_mib += 1
+    assert manager.reconcile(placed) == "cpu"
+    assert (
+        placed.reason == f"llm reserve: {KEPT_MIB - 1} MiB free < {KEPT_MIB} MiB kept for the LLM"
+    )
+    assert spy.calls == 1
+    assert sample(metrics, "sidecar_model_moves_total", model="embed", to="cpu") == 1.0
+
+
+def test_with_a_priority_model_loaded_neither_mark_applies(rig: Callable[..., tuple]) -> None:
+    reported = ReportedOllama(True, ocr_mib=OCR_MIB)
+    manager, vram, clock, spy, _metrics = rig(llm_reserve_mib=LLM_MIB, ollama_view=reported)
+    vram.used_mib = 9000  # 7000 free: under both marks, but the LLM's memory is counted already
+    placed = manager.add("embed", tiny_model())
+    assert (placed.device, placed.reason) == ("cuda", "vram ok")
+    vram.used_mib = 13_000  # 81%: under the pressure mark, 3000 free
+    assert manager.reconcile(placed) == "cuda" and spy.calls == 0
+
+    # The LLM unloads: the same VRAM is now below the keep-free mark, so the model moves down,
+    # and it comes back up only once the LLM is loaded again.
+    reported.loaded = False
+    assert manager.reconcile(placed) == "cpu"
+    vram.used_mib = 9000
+    clock.now += 60.0
+    assert manager.reconcile(placed) == "cpu" and placed.reason.startswith("llm reserve")
+    reported.loaded = True
+    manager.reconcile(placed)
+    clock.now += 30.0
+    assert manager.reconcile(placed) == "cuda"
