@@ -22,13 +22,15 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from sidecar.config import Settings
 from sidecar.errors import ApiError
 from sidecar.job_residency import GpuView, JobResidency, PageStep
+from sidecar.loaded_models import model_key
 from sidecar.observability import Metrics
 from sidecar.ocr.admission import AdmissionControl
 from sidecar.ocr.documents import open_document
@@ -101,6 +103,11 @@ class OcrJobRunner:
         self.gpu = gpu
         self.admission = admission
         self.metrics = metrics
+        self._running: Counter[str] = Counter()  # model key → jobs holding a slot
+
+    def other_jobs(self, model: str) -> int:
+        """Jobs of `model` running beside the asking one: while any does, a last page holds."""
+        return max(self._running[model_key(model)] - 1, 0)
 
     async def run(self, job: OcrJob, data: bytes, *, request_id: str, emit: Emit) -> OcrJobSummary:
         """OCR `data` as `job` says, handing each page to `emit`; raises ApiError (documented
@@ -117,6 +124,9 @@ class OcrJobRunner:
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     queue_seconds = await self._admit(stack, deadline)
+                    key = model_key(plan.model)
+                    self._running[key] += 1
+                    stack.callback(self._running.subtract, [key])
                     pages = _PageLoop(self, plan, prefetch, deadline, emit)
                     await pages.run(numbers)
             finally:
@@ -258,6 +268,7 @@ class _PageLoop:
         waited = 0.0
         while True:
             view = await self._call(lambda: self.runner.gpu.view(self.plan.model), page_started)
+            view = replace(view, other_jobs=self.runner.other_jobs(self.plan.model))
             step = residency.next_step(view, waited_s=waited)
             if step.action == "run":
                 break

@@ -255,3 +255,20 @@ async def test_a_job_waits_for_the_llm_and_goes_on_once_its_memory_is_free(
     residency = response.json()["residency"]
     assert 0 < residency["yield_ms"] < 30_000 and residency["loads"] == 1
     assert sidecar.metric("sidecar_ocr_yield_seconds_count") == 1
+
+
+async def test_a_job_that_ends_while_another_runs_leaves_the_model_held(
+    start_sidecar, fake_ollama: FakeOllama
+):
+    sidecar = start_sidecar(max_concurrent_ocr=2)
+    fake_ollama.hold()
+    async with async_client(sidecar) as client:
+        longer = asyncio.create_task(client.post("/ocr", **upload_kwargs(multipage_tiff(2))))
+        await until(lambda: fake_ollama.held == 1)  # its page 1 is in "Ollama"
+        shorter = asyncio.create_task(client.post("/ocr", **upload_kwargs(multipage_tiff(1))))
+        await until(lambda: fake_ollama.held == 2)  # its only page, decided while the other ran
+        fake_ollama.release()
+        ended_first = (await shorter).json()
+        assert (await longer).status_code == 200
+    assert ended_first["residency"]["rule"] == "job_hold"
+    assert ended_first["residency"]["keep_alive"] == "60s"  # not the after-job value
