@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 import torch
 
 from sidecar.devices import DeviceManager
@@ -16,6 +17,7 @@ from sidecar.observability import Metrics
 from sidecar.retrieval.items import EmbedItem
 from sidecar.retrieval.loading import load_embedder, load_reranker
 from sidecar.vram_monitor import VramMonitor
+from tests.fake_ollama import DEFAULT_LLM_MODEL, FakeModel, FakeOllama
 from tests.retrieval.conftest import RunningApp, SharedModels, VramFile
 from tests.retrieval.test_devices import CacheSpy, FakeClock
 
@@ -95,3 +97,41 @@ def test_embed_follows_the_model_between_gpu_and_cpu(
     assert 'sidecar_model_moves_total{model="embed",to="cpu"} 1.0' in metrics
     assert 'sidecar_model_moves_total{model="embed",to="cuda"} 2.0' in metrics
     assert 'sidecar_model_on_gpu{model="embed"} 1.0' in metrics
+
+
+def test_the_app_wires_the_ocr_pipelines_view_of_ollama_into_placement(
+    start_app: Callable[..., RunningApp],
+    vram_file: VramFile,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The app builds its own retrieval service (nothing injected) and the reserve follows what
+    the OCR pipeline last saw in /api/ps: kept while no LLM is loaded, dropped once /health has
+    seen one. CUDA is reported present; every decision here keeps the models on the CPU, so no
+    tensor goes to a device this machine lacks."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    llm = FakeModel(DEFAULT_LLM_MODEL, size=9 * 1024**3, capabilities=("completion",))
+    with FakeOllama([llm]) as fake:
+        vram_file.set_used(13_000)  # 3000 MiB free of 16000: a model fits, not beside the reserve
+        app = start_app(
+            vram=vram_file.monitor,
+            inject_service=False,
+            ollama_url=fake.url,
+            llm_reserve_mib=4000,
+            vram_pressure_pct=85.0,
+        )
+        text = {"inputs": ["The invoice total is 1,250 baht."]}
+        unknown = app.client.post("/embed", json=text)
+        assert unknown.headers["x-compute-device"] == "cpu"
+        reason = unknown.headers["x-compute-device-reason"]
+        assert reason.startswith("llm reserve:") and reason.endswith("4000 MiB kept for the LLM")
+
+        assert fake.llm_request(DEFAULT_LLM_MODEL, 0.0).done.wait(10)
+        health = app.client.get("/health").json()  # the pipeline reads /api/ps: the LLM is in
+        assert [m["name"] for m in health["ollama"]["loaded_models"]] == [
+            f"{DEFAULT_LLM_MODEL}:latest"
+        ]
+        app.service.devices.reconcile_all()
+        loaded = app.client.post("/embed", json=text)
+        # No reserve now: the move up is refused only because it would cross the pressure mark.
+        assert loaded.headers["x-compute-device"] == "cpu"
+        assert loaded.headers["x-compute-device-reason"].startswith("vram would reach")
