@@ -18,8 +18,6 @@ Rules (the `rule` names are stable and machine-readable; `RULES` lists them):
 | `yield_no_room`   | the model must load; a priority model is loaded and the    | wait  |
 |                   | OCR footprint does not fit beside it (an unknown footprint |       |
 |                   | or unknown VRAM never fits)                                |       |
-| `yield_reserve`   | the model must load; no priority model is loaded and the   | wait  |
-|                   | load would leave less than `LLM_RESERVE_MIB` / 0.8 free    |       |
 | `yield_critical`  | the model must load; VRAM with it would reach              | wait  |
 |                   | `VRAM_CRITICAL_PCT`                                        |       |
 
@@ -52,10 +50,13 @@ waits before taking it back. The job waits when:
   fits beside it by Ollama's rule with only Ollama's models on the card) has no room for it now
   (`yield_no_room`: an unknown footprint or VRAM never fits) or VRAM with it would be critical
   (`yield_critical`): other memory (torch, another process) is in the way, and it may go;
-- no priority model is loaded (or one is loading, which /api/ps does not show) and the load would
-  leave less than the LLM needs (`yield_reserve`): `LLM_RESERVE_MIB / 0.8` beside the OCR model
-  when the two can share the card (`llm_room_mib`), else `LLM_RESERVE_MIB` once the LLM has evicted
-  it; or VRAM with the OCR model would be critical (`yield_critical`).
+- no priority model is loaded and VRAM with the OCR model would be critical (`yield_critical`).
+  With no priority model loaded and room below critical the job does not wait, even when the load
+  leaves less than the LLM's room: nothing on the card needs the memory now, and a wait would only
+  delay every job by `OCR_YIELD_MAX_S` and then load anyway. The LLM's room is kept by the
+  after-job value (`llm_reserve` gives 0s, so the model leaves when the job ends) and by the torch
+  placement marks; an LLM that arrives mid-job waits for at most the page in flight, then Ollama
+  evicts the idle OCR model (its keep_alive sorts first).
 
 A loaded LLM that the OCR model can never share the card with (a long context) is not waited
 for: waiting frees nothing while it stays, and `bench/gpu_sim.py` measured that waiting for it only
@@ -95,7 +96,7 @@ JOB_HOLD_S = 60
 # How often a yielding job looks again at VRAM and /api/ps.
 YIELD_POLL_S = 1.0
 
-YIELD_RULES = ("yield_squeezed", "yield_no_room", "yield_reserve", "yield_critical")
+YIELD_RULES = ("yield_squeezed", "yield_no_room", "yield_critical")
 RULES = ("job_hold", *YIELD_RULES)  # plus calculate_ocr_residency's rules on the last page
 
 
@@ -204,22 +205,10 @@ def llm_needs_memory(
             f"vram critical with {profile.model}: {_pct(used_pct)} ≥ "
             f"{_pct(settings.vram_critical_pct)}",
         )
-    names = ", ".join(settings.priority_models)
-    if sharing:  # keep the LLM's room beside the OCR model
-        free_after = vram.free_mib - footprint
-        room = llm_room_mib(settings.llm_reserve_mib)
-        if free_after < room:
-            return (
-                "yield_reserve",
-                f"llm reserve: {max(free_after, 0)} MiB would be free < {room} MiB {names} "
-                f"({settings.llm_reserve_mib} MiB) needs to load beside the OCR model",
-            )
-    elif vram.free_mib < settings.llm_reserve_mib:  # the LLM evicts it, then needs its size
-        return (
-            "yield_reserve",
-            f"llm reserve: {vram.free_mib} MiB free < {settings.llm_reserve_mib} MiB {names} "
-            "needs once it has the card to itself",
-        )
+    # No priority model is loaded: nothing on the card needs the memory now. The LLM's room is
+    # kept by the after-job value (`llm_reserve`: 0s) and by the torch placement marks, not by
+    # holding the job back: a wait here would delay every job by OCR_YIELD_MAX_S whenever other
+    # memory is in use, and then load anyway.
     return None
 
 
