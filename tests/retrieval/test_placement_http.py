@@ -6,6 +6,7 @@ probe injected as present, GPU torch device = CPU, so the fp16 path really runs.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -14,10 +15,13 @@ import torch
 
 from sidecar.devices import DeviceManager
 from sidecar.observability import Metrics
+from sidecar.ocr.gpu_watch import KV_HEADROOM_MIB
 from sidecar.retrieval.items import EmbedItem
 from sidecar.retrieval.loading import load_embedder, load_reranker
 from sidecar.vram_monitor import VramMonitor
-from tests.fake_ollama import DEFAULT_LLM_MODEL, FakeModel, FakeOllama
+from tests.fake_ollama import DEFAULT_LLM_MODEL, DEFAULT_OCR_MODEL, FakeModel, FakeOllama
+from tests.fixtures.documents import make_image
+from tests.fixtures.jobs import make_job
 from tests.retrieval.conftest import RunningApp, SharedModels, VramFile
 from tests.retrieval.test_devices import CacheSpy, FakeClock
 
@@ -105,12 +109,14 @@ def test_the_app_wires_the_ocr_pipelines_view_of_ollama_into_placement(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The app builds its own retrieval service (nothing injected) and the reserve follows what
-    the OCR pipeline last saw in /api/ps: kept while no LLM is loaded, dropped once /health has
-    seen one. CUDA is reported present; every decision here keeps the models on the CPU, so no
-    tensor goes to a device this machine lacks."""
+    the OCR pipeline last saw: LLM_RESERVE_MIB while nothing is known, the LLM's room beside the
+    OCR model once a job has seen that model's footprint, nothing once /health saw the LLM.
+    CUDA is reported present; every decision here keeps the models on the CPU, so no tensor goes
+    to a device this machine lacks."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     llm = FakeModel(DEFAULT_LLM_MODEL, size=9 * 1024**3, capabilities=("completion",))
-    with FakeOllama([llm]) as fake:
+    ocr_model = FakeModel(DEFAULT_OCR_MODEL, size=3 * 1024**3)
+    with FakeOllama([llm, ocr_model]) as fake:
         vram_file.set_used(13_000)  # 3000 MiB free of 16000: a model fits, not beside the reserve
         app = start_app(
             vram=vram_file.monitor,
@@ -118,12 +124,24 @@ def test_the_app_wires_the_ocr_pipelines_view_of_ollama_into_placement(
             ollama_url=fake.url,
             llm_reserve_mib=4000,
             vram_pressure_pct=85.0,
+            ocr_yield_max_s=0.0,  # 3000 MiB free < the OCR model: no wait for room here
         )
         text = {"inputs": ["The invoice total is 1,250 baht."]}
         unknown = app.client.post("/embed", json=text)
         assert unknown.headers["x-compute-device"] == "cpu"
         reason = unknown.headers["x-compute-device-reason"]
         assert reason.startswith("llm reserve:") and reason.endswith("4000 MiB kept for the LLM")
+
+        # One OCR job: the pipeline now knows the OCR model's footprint (/api/tags + KV headroom).
+        files = {
+            "file": ("page.png", make_image("PNG"), "application/octet-stream"),
+            "job": (None, json.dumps(make_job())),
+        }
+        assert app.client.post("/ocr", files=files).status_code == 200
+        footprint = 3 * 1024 + KV_HEADROOM_MIB
+        app.service.devices.reconcile_all()
+        known = app.client.post("/embed", json=text).headers["x-compute-device-reason"]
+        assert known.endswith(f"{5000 + footprint} MiB kept for the LLM")  # 4000 / 0.8 + OCR
 
         assert fake.llm_request(DEFAULT_LLM_MODEL, 0.0).done.wait(10)
         health = app.client.get("/health").json()  # the pipeline reads /api/ps: the LLM is in
