@@ -2,7 +2,8 @@
 #
 # OCR sidecar image for the on-prem GPU host (RTX 5060 Ti class, Blackwell sm_120).
 #
-#   docker build -t ocr-sidecar:latest .
+#   docker build -t ocr-sidecar:latest .                      # the sidecar: extra [server]
+#   docker build --target backend -t ocr-backend:latest .     # ocr-backend: extra [backend]
 #
 # Base: the CUDA 13 base image. The locked torch wheel is a CUDA 13 build that brings its own
 # cuBLAS/cuDNN/NCCL as pip packages, so the image only needs the CUDA runtime and the NVIDIA
@@ -16,8 +17,8 @@ ARG PYTHON_VERSION=3.11
 
 FROM ${UV_IMAGE} AS uv
 
-# ---- builder: resolve exactly uv.lock into /app/.venv with a uv-managed CPython --------------
-FROM ${CUDA_IMAGE} AS builder
+# ---- python-base: uv and a uv-managed CPython, shared by both builders ----------------------
+FROM ${CUDA_IMAGE} AS python-base
 ARG PYTHON_VERSION
 COPY --from=uv /uv /uvx /bin/
 ENV UV_COMPILE_BYTECODE=1 \
@@ -27,20 +28,45 @@ ENV UV_COMPILE_BYTECODE=1 \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /app
 RUN uv python install "${PYTHON_VERSION}"
+
+# ---- builder: exactly uv.lock's [server] extra into /app/.venv (no backend, no dev) ---------
+FROM python-base AS builder
+ARG PYTHON_VERSION
 # Dependencies first, from the lock alone: this layer survives source edits.
 RUN --mount=type=cache,target=/root/.cache/uv \
     --mount=type=bind,source=pyproject.toml,target=pyproject.toml \
     --mount=type=bind,source=uv.lock,target=uv.lock \
-    uv sync --frozen --no-dev --no-install-project --python "${PYTHON_VERSION}"
+    uv sync --frozen --no-dev --extra server --no-install-project --python "${PYTHON_VERSION}"
 COPY pyproject.toml uv.lock README.md ./
 COPY sidecar ./sidecar
 COPY backend_client ./backend_client
 COPY migrations ./migrations
 # The project itself, as a regular (non-editable) install: the runtime stage needs no source tree.
 RUN --mount=type=cache,target=/root/.cache/uv \
-    uv sync --frozen --no-dev --no-editable --python "${PYTHON_VERSION}"
+    uv sync --frozen --no-dev --extra server --no-editable --python "${PYTHON_VERSION}"
 
-# ---- runtime -------------------------------------------------------------------------------
+# ---- backend: `ocr-backend` (migrations, CLI) with the [backend] extra: no torch, no FastAPI --
+FROM python-base AS backend-builder
+ARG PYTHON_VERSION
+COPY pyproject.toml uv.lock README.md ./
+COPY sidecar ./sidecar
+COPY backend_client ./backend_client
+COPY migrations ./migrations
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --extra backend --no-editable --python "${PYTHON_VERSION}"
+
+FROM ${CUDA_IMAGE} AS backend
+COPY --from=backend-builder /opt/python /opt/python
+COPY --from=backend-builder /app/.venv /app/.venv
+ENV PATH=/app/.venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp
+# The sidecar's uid, so both read the same key secret; no files of its own to write.
+USER 1000:1000
+ENTRYPOINT ["ocr-backend"]
+
+# ---- runtime (the default target: the last stage) -------------------------------------------
 FROM ${CUDA_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="ocr-sidecar" \
       org.opencontainers.image.description="OCR through Ollama, BGE-M3 embeddings and reranking on a shared consumer GPU"

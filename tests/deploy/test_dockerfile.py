@@ -222,3 +222,24 @@ def test_healthcheck_passes_on_a_live_sidecar_and_fails_without_one(
     with serve(create_app(settings)) as server:
         assert run_probe(argv, server.port) == 0
     assert run_probe(argv, free_port()) != 0
+
+
+def test_the_sidecar_image_installs_the_server_extra_and_the_backend_image_the_backend_extra(
+    dockerfile: Dockerfile,
+) -> None:
+    def syncs(name: str) -> list[str]:
+        stage = next(stage for stage in dockerfile.stages if stage.name == name)
+        return [run.args for run in stage.all("RUN") if "uv sync" in run.args]
+
+    for sync in syncs("builder"):
+        assert "--extra server" in sync and "--extra backend" not in sync
+    (backend_sync,) = syncs("backend-builder")
+    assert "--extra backend" in backend_sync and "--extra server" not in backend_sync
+    assert all("--all-extras" not in sync for sync in [*syncs("builder"), backend_sync])
+    backend = next(stage for stage in dockerfile.stages if stage.name == "backend")
+    (entrypoint,) = backend.all("ENTRYPOINT")
+    assert entrypoint.exec_form() == ["ocr-backend"]
+    compose = load_yaml(COMPOSE)
+    for service in ("migrate", "backend"):
+        assert compose["services"][service]["build"]["target"] == "backend", service
+    assert "target" not in compose["services"]["sidecar"]["build"]  # the default: runtime
