@@ -6,14 +6,20 @@
 3. before every page `JobResidency.next_step` decides on a fresh `GpuView`: wait for the LLM
    (bounded by `OCR_YIELD_MAX_S`), or run with a keep_alive (the in-job hold, the after-job value
    on the last page) and a load call first when /api/ps does not list the model;
-4. each page's calls are retried on "busy"/unreachable inside the page budget; a page that still
+4. a page's Ollama work (the load call when one is needed, then its /api/chat) runs under the
+   model's page gate, one page at a time per model across all jobs (FIFO): Ollama's Qwen3-VL
+   runner has one slot anyway, and without the gate two jobs keep it busy without a break, so an
+   LLM that waits for it as an eviction victim would wait for both whole jobs. The gate is taken
+   after the page's decision and let go before the next page is rendered or decided;
+5. each page's calls are retried on "busy"/unreachable inside the page budget; a page that still
    fails after an earlier page succeeded becomes an error entry and the job goes on;
-5. the whole job, queue wait included, ends at `OCR_JOB_TIMEOUT_S`: the pages left get
+6. the whole job, queue wait included, ends at `OCR_JOB_TIMEOUT_S`: the pages left get
    `job_timeout` entries, or the request fails with 504 `job_timeout` when no page was done.
 
 Each page result is handed to `emit` as soon as it exists; the summary is returned at the end.
 Cancelling the task that runs `run` stops everything at once: the Ollama call in flight is closed,
-no further page is rendered or sent, and the admission slot is released on the way out.
+no further page is rendered or sent, and the page gate and admission slot are released on the
+way out.
 """
 
 from __future__ import annotations
@@ -104,10 +110,16 @@ class OcrJobRunner:
         self.admission = admission
         self.metrics = metrics
         self._running: Counter[str] = Counter()  # model key → jobs holding a slot
+        self._page_gates: dict[str, asyncio.Lock] = {}  # model key → one page at Ollama
 
     def other_jobs(self, model: str) -> int:
         """Jobs of `model` running beside the asking one: while any does, a last page holds."""
         return max(self._running[model_key(model)] - 1, 0)
+
+    def page_gate(self, model: str) -> asyncio.Lock:
+        """The lock a page of `model` holds around its Ollama calls (FIFO among the waiters).
+        A job waiting for it holds its admission slot, so `other_jobs` counts it."""
+        return self._page_gates.setdefault(model_key(model), asyncio.Lock())
 
     async def run(self, job: OcrJob, data: bytes, *, request_id: str, emit: Emit) -> OcrJobSummary:
         """OCR `data` as `job` says, handing each page to `emit`; raises ApiError (documented
@@ -239,26 +251,29 @@ class _PageLoop:
             page = await self.prefetch.next_page()
             step = await self._run_step(residency, page_started)
             plan = self.plan
-            if step.load:  # the load time stays out of the page's duration
-                await self._call(
-                    lambda: self.runner.ollama.load(
-                        plan.model,
-                        system=plan.system_prompt,
-                        options=plan.options,
-                        keep_alive=step.keep_alive,
-                    ),
-                    page_started,
-                )
             messages = [*self.leading, user_message(plan.job.prompt, page.image_b64,
                                                     page.anchor_text)]  # fmt: skip
             del page  # the image lives on only in `messages`, until this page is sent
-            call_started = time.perf_counter()
-            reply = await self._call(
-                lambda: self.runner.ollama.chat(
-                    plan.model, messages, options=plan.options, keep_alive=step.keep_alive
-                ),
-                page_started,
-            )
+            async with self.runner.page_gate(plan.model):
+                # The page's budget covers its own Ollama calls, not the wait for another job's.
+                gate_taken = time.monotonic()
+                if step.load:  # the load time stays out of the page's duration
+                    await self._call(
+                        lambda: self.runner.ollama.load(
+                            plan.model,
+                            system=plan.system_prompt,
+                            options=plan.options,
+                            keep_alive=step.keep_alive,
+                        ),
+                        gate_taken,
+                    )
+                call_started = time.perf_counter()
+                reply = await self._call(
+                    lambda: self.runner.ollama.chat(
+                        plan.model, messages, options=plan.options, keep_alive=step.keep_alive
+                    ),
+                    gate_taken,
+                )
             return _page_result(number, reply, time.perf_counter() - call_started)
         finally:
             residency.page_done()
@@ -288,8 +303,8 @@ class _PageLoop:
         )  # fmt: skip
         return step
 
-    async def _call(self, call: Callable[[], Awaitable[T]], page_started: float) -> T:
-        budget = page_started + self.settings.ollama_timeout_s - time.monotonic()
+    async def _call(self, call: Callable[[], Awaitable[T]], budget_from: float) -> T:
+        budget = budget_from + self.settings.ollama_timeout_s - time.monotonic()
         try:
             return await call_with_retries(
                 call, budget_s=budget, on_retry=self.metrics.ollama_retries.inc

@@ -266,7 +266,8 @@ async def test_a_job_that_ends_while_another_runs_leaves_the_model_held(
         longer = asyncio.create_task(client.post("/ocr", **upload_kwargs(multipage_tiff(2))))
         await until(lambda: fake_ollama.held == 1)  # its page 1 is in "Ollama"
         shorter = asyncio.create_task(client.post("/ocr", **upload_kwargs(multipage_tiff(1))))
-        await until(lambda: fake_ollama.held == 2)  # its only page, decided while the other ran
+        # its only page, decided while the other ran; it waits at the page gate, then runs next
+        await until(lambda: sidecar.metric("sidecar_ocr_keep_alive_seconds_count") == 2)
         fake_ollama.release()
         ended_first = (await shorter).json()
         assert (await longer).status_code == 200
