@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sidecar.loaded_models import LoadedModel
 from sidecar.residency_policy import (
     FOREVER_CAP_S,
     RULES,
@@ -18,29 +14,8 @@ from sidecar.residency_policy import (
 )
 from sidecar.schemas import OcrProfile
 from sidecar.vram_monitor import VramSnapshot
-
-MIB = 1024 * 1024
-OCR = "scb10x/typhoon-ocr1.5-3b"
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    priority_models: list[str] = field(default_factory=lambda: ["typhoon2.5*"])
-    llm_reserve_mib: int = 9000
-    vram_pressure_pct: float = 85.0
-    vram_critical_pct: float = 95.0
-    priority_keep_alive_s: float = 300.0
-    ocr_yield_max_s: float = 60.0
-
-
-def snapshot(total: int, used: int, free: int | None = None) -> VramSnapshot:
-    return VramSnapshot(total, used, total - used if free is None else free, "file", time.time())
-
-
-def loaded(name: str, size_mib: int, vram_mib: int | None = None) -> LoadedModel:
-    vram = size_mib if vram_mib is None else vram_mib
-    return LoadedModel(name, size_mib * MIB, vram * MIB, None)
-
+from tests.fixtures.residency import OCR, loaded, snapshot
+from tests.fixtures.residency import PolicySettings as Thresholds
 
 # --- strategies --------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ GPU pictures, plus the worked examples of issue 14."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -23,28 +23,11 @@ from sidecar.residency_policy import RULES as AFTER_JOB_RULES
 from sidecar.residency_policy import calculate_ocr_residency
 from sidecar.schemas import OcrProfile
 from sidecar.vram_monitor import VramSnapshot
+from tests.fixtures.residency import LLM, OCR, snapshot
+from tests.fixtures.residency import PolicySettings as Settings
+from tests.fixtures.residency import loaded as model
 
-MIB = 1024 * 1024
-OCR = "scb10x/typhoon-ocr1.5-3b"
-LLM = "typhoon2.5-qwen3-4b"
-
-
-@dataclass(frozen=True)
-class Settings:
-    priority_models: list[str] = field(default_factory=lambda: ["typhoon2.5*"])
-    llm_reserve_mib: int = 9000
-    vram_pressure_pct: float = 85.0
-    vram_critical_pct: float = 95.0
-    priority_keep_alive_s: float = 300.0
-    ocr_yield_max_s: float = 60.0
-
-
-def model(name: str, size_mib: int, vram_mib: int | None = None) -> LoadedModel:
-    return LoadedModel(name, size_mib * MIB, (size_mib if vram_mib is None else vram_mib) * MIB)
-
-
-def vram(total: int, used: int) -> VramSnapshot:
-    return VramSnapshot(total, used, max(total - used, 0), "file", 0.0)
+vram = snapshot
 
 
 # --- strategies --------------------------------------------------------------------------------
