@@ -174,6 +174,10 @@ def _transport_error(exc: httpx.TransportError) -> OllamaError:
     # ConnectTimeout is a TimeoutException too, but it means "nobody answers the door".
     if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         return unavailable(type(exc).__name__)
+    # A pooled keep-alive connection that Ollama had closed (a restart, a crash): the request got
+    # no answer at all, so it is as safe to retry as a refused connection.
+    if isinstance(exc, httpx.RemoteProtocolError) and "without sending a response" in str(exc):
+        return unavailable("the connection closed before any answer")
     if isinstance(exc, httpx.TimeoutException):
         return OllamaTimeout(
             f"Ollama did not answer in time ({type(exc).__name__}); "

@@ -64,3 +64,31 @@ def test_ollama_error_text_never_brings_file_paths_into_detail():
     assert error.code == "ollama_bad_response"
     assert blob not in error.detail and "/root" not in error.detail
     assert "error loading model <path> out of memory" in error.detail
+
+
+async def test_a_connection_closed_before_any_answer_is_unavailable_not_a_bad_answer():
+    """What a pooled connection to a restarted Ollama looks like: the request is read, the socket
+    closes with no byte of answer. Nothing was answered, so it is retried like a refused connect."""
+    import socket
+    import threading
+
+    from sidecar.ollama import OllamaUnavailable
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def close_after_reading() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+
+    thread = threading.Thread(target=close_after_reading, daemon=True)
+    thread.start()
+    async with httpx.AsyncClient() as http:
+        client = OllamaClient(
+            http, f"http://127.0.0.1:{port}", read_timeout_s=5, connect_timeout_s=5
+        )
+        with pytest.raises(OllamaUnavailable):
+            await client.version()
+    thread.join(5)
+    listener.close()
