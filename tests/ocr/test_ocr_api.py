@@ -275,8 +275,9 @@ def test_llm_reserve_is_kept_when_the_llm_is_not_loaded(start_sidecar, fake_olla
     residency = response.json()["residency"]
     assert residency["keep_alive"] == "0s" and residency["rule"] == "llm_reserve"
     assert "llm reserve" in residency["reason"]
-    assert residency["yield_ms"] >= 200  # it waited for the LLM first, up to OCR_YIELD_MAX_S
-    assert sidecar.metric("sidecar_ocr_yield_seconds_count") == 1
+    # No LLM is loaded, so nothing needs the memory now: the job runs at once, and the reserve
+    # is kept by the 0s after the job (the OCR model leaves as soon as it is done).
+    assert residency["yield_ms"] == 0 and residency["loads"] == 1
     fake_ollama_load(fake_ollama, "typhoon2.5-qwen3-4b")  # once it is loaded, OCR may stay
     response = sidecar.upload(make_image("PNG"), make_job())
     assert response.json()["residency"]["keep_alive"] == "299s"
