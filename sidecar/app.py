@@ -46,12 +46,15 @@ def build_http_client(settings: Settings) -> httpx.AsyncClient:
     return httpx.AsyncClient(base_url=settings.ollama_url, timeout=timeout, limits=limits)
 
 
-def build_retrieval(settings: Settings, vram: VramMonitor, metrics: Metrics) -> RetrievalService:
+def build_retrieval(
+    settings: Settings, vram: VramMonitor, metrics: Metrics, pipeline: OcrPipeline
+) -> RetrievalService:
     # Imported here, not at the top: the service module brings numpy, and tests that inject
     # their own retrieval never pay for it.
     from sidecar.retrieval.service import RetrievalService
 
-    return RetrievalService(settings, vram, metrics)
+    # The OCR pipeline's view of Ollama (LLM loaded? OCR footprint?) sets the placement reserve.
+    return RetrievalService(settings, vram, metrics, ollama_view=pipeline)
 
 
 async def stop_task(task: asyncio.Task[None]) -> None:
@@ -75,13 +78,14 @@ def create_app(settings: Settings, **injected: Any) -> FastAPI:
     owned_http = injected.get("http_client") is None
     owned_retrieval = injected.get("retrieval") is None
     http: httpx.AsyncClient = injected.get("http_client") or build_http_client(settings)
+    pipeline: OcrPipeline = injected.get("ocr") or OcrPipeline(settings, http, vram, metrics)
     ctx = AppContext(
         settings=settings,
         metrics=metrics,
         vram=vram,
         keys=injected.get("key_store") or KeyStore.from_settings(settings, metrics),
-        ocr=injected.get("ocr") or OcrPipeline(settings, http, vram, metrics),
-        retrieval=injected.get("retrieval") or build_retrieval(settings, vram, metrics),
+        ocr=pipeline,
+        retrieval=injected.get("retrieval") or build_retrieval(settings, vram, metrics, pipeline),
         drain=Drain(),
     )
     metrics.registry.register(RuntimeCollector(ctx))

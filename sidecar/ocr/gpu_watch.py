@@ -48,6 +48,7 @@ class GpuWatch:
         self._tags_at: float | None = None
         self._ps: list[LoadedModel] | None = None
         self._ps_at = 0.0
+        self._last_footprint_mib: int | None = None  # as the last job's view saw it
 
     async def view(self, model: str) -> GpuView:
         """VRAM now, `/api/ps` now, and `model`'s footprint should it have to load."""
@@ -55,7 +56,13 @@ class GpuWatch:
         vram = self.vram.snapshot()
         loaded = await self.ollama.loaded_models()
         self.saw_loaded(loaded)
-        return GpuView(vram=vram, loaded=loaded, ocr_size_mib=await self._footprint_mib(model))
+        self._last_footprint_mib = await self._footprint_mib(model)
+        return GpuView(vram=vram, loaded=loaded, ocr_size_mib=self._last_footprint_mib)
+
+    def ocr_footprint_mib(self) -> int | None:
+        """The OCR model's footprint as the last job's view saw it (None before any job): the
+        retrieval placement keeps room for it beside an LLM that is not loaded."""
+        return self._last_footprint_mib
 
     def saw_loaded(self, loaded: Sequence[LoadedModel]) -> None:
         """Remember an /api/ps answer (sizes, and what is loaded for `priority_loaded`)."""

@@ -92,6 +92,10 @@ class OcrPipeline:
         """Whether the priority LLM was loaded at the last /api/ps (None: none in 30 s)."""
         return self.gpu.priority_loaded()
 
+    def ocr_footprint_mib(self) -> int | None:
+        """The OCR model's footprint as the last job saw it (None before any job)."""
+        return self.gpu.ocr_footprint_mib()
+
     # --- admission -----------------------------------------------------------------------------
 
     def vram_critical(self) -> bool:
