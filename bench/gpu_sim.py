@@ -50,6 +50,7 @@ from sidecar.loaded_models import LoadedModel  # noqa: E402
 from sidecar.placement_policy import (  # noqa: E402
     PlacementInputs,
     decide_placement,
+    fit_started_at,
     placement_keep_free_mib,
     placement_reserve_mib,
 )
@@ -415,10 +416,7 @@ class Simulation:
             keep_free_mib=keep,
         )
         decision = decide_placement(inputs)
-        if not decision.gpu_fits:
-            model.fit_since = None
-        elif model.fit_since is None:
-            model.fit_since = self.engine.now
+        model.fit_since = fit_started_at(decision, model.fit_since, self.engine.now)
         if decision.device != model.device:
             model.device = decision.device
             self.sched.set_external(

@@ -38,6 +38,7 @@ from sidecar.placement_policy import (
     PlacementDecision,
     PlacementInputs,
     decide_placement,
+    fit_started_at,
     placement_keep_free_mib,
     placement_reserve_mib,
 )
@@ -192,10 +193,7 @@ class DeviceManager:
             keep_free_mib=keep_free_mib,
         )
         decision = decide_placement(inputs)
-        if not decision.gpu_fits:
-            placed.fit_since = None
-        elif placed.fit_since is None:
-            placed.fit_since = now
+        placed.fit_since = fit_started_at(decision, placed.fit_since, now)
         return decision
 
     def llm_marks(self, vram: VramSnapshot | None) -> tuple[int, int]:

@@ -128,3 +128,13 @@ def decide_placement(inputs: PlacementInputs) -> PlacementDecision:
         reason = f"settling: vram free for {inputs.fit_held_s:.0f}s < {inputs.settle_s:.0f}s"
         return PlacementDecision("cpu", reason, gpu_fits=True)
     return PlacementDecision("cuda", "vram ok", gpu_fits=True)
+
+
+def fit_started_at(
+    decision: PlacementDecision, fit_since: float | None, now: float
+) -> float | None:
+    """Since when the GPU has fitted without a break, after `decision` (None: it does not fit
+    now); the caller keeps it and passes `now - fit_since` as the next `fit_held_s`."""
+    if not decision.gpu_fits:
+        return None
+    return now if fit_since is None else fit_since
