@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 models of the two governance tables (DESIGN.md §6).
+"""SQLAlchemy 2 models of the two governance tables (docs/backend.md).
 
 The migration in `migrations/versions/` is the authority on the schema; these models mirror it
 (`tests/backend/test_migrations.py` checks that they agree).

@@ -1,4 +1,4 @@
-"""Reading the sidecar's NDJSON answer to `POST /ocr` (DESIGN.md §4 "Streaming").
+"""Reading the sidecar's NDJSON answer to `POST /ocr` (docs/api.md "Streaming").
 
 One JSON object per line: `{"event": "page", …}` for each page as it finishes, then
 `{"event": "done", …the response without pages…}`, or `{"event": "error", …problem fields…}` when

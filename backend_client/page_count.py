@@ -15,7 +15,7 @@ import pypdfium2
 from backend_client.errors import InvalidJobRequest
 
 PDF_MAGIC = b"%PDF-"
-# The image formats the sidecar accepts (DESIGN.md §4), by their first bytes.
+# The image formats the sidecar accepts (docs/api.md), by their first bytes.
 IMAGE_MAGICS = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"II*\x00", b"MM\x00*", b"RIFF")
 
 

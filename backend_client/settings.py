@@ -1,6 +1,6 @@
 """Backend-side configuration: where the database and the sidecar are, read from the environment.
 
-The variable names are part of the contract (DESIGN.md §6): `OCR_BACKEND_DATABASE_URL`,
+The variable names are part of the contract (docs/backend.md): `OCR_BACKEND_DATABASE_URL`,
 `OCR_SIDECAR_URL` and the optional `OCR_SIDECAR_API_KEY` (phase 2 runs without a key).
 """
 

@@ -1,12 +1,12 @@
 """Discrete-event simulation of one 16 GB GPU shared by Ollama (the LLM, the OCR model) and the
-sidecar's torch models (DESIGN.md §5 "Proof by simulation").
+sidecar's torch models (docs/gpu-stewardship.md "Proof by simulation").
 
     uv run python bench/gpu_sim.py                 # every trace in bench/traces, every policy
     uv run python bench/gpu_sim.py --trace short   # one trace
 
 What is real and what is modelled:
 - Ollama's scheduler is `tests/fake_ollama/scheduler.py`, the module the HTTP fake runs too
-  (reference/ollama-api.md §8: one FIFO load queue, load time by size, Ollama's fit test on the
+  (Ollama's server/sched.go: one FIFO load queue, load time by size, Ollama's fit test on the
   free VRAM it sees, eviction by configured keep_alive, busy victims waited for, keep_alive from the
   end of the last request, VRAM released after an unload, torch VRAM unseen once a runner loaded).
 - The OCR job's residency is the sidecar's **real** `sidecar.job_residency.JobResidency` (which
@@ -74,8 +74,8 @@ SQUEEZE_THRESHOLD_S = 0.05  # finishing this much later than with the LLM alone 
 CPU_SPILL_SLOWDOWN = 4.0
 PLACEMENT_CHECK_S = 1.0  # devices.py DEFAULT_CHECK_INTERVAL_S
 # The pipeline sends one page call at a time per OCR model (Ollama runs one anyway: the Qwen3-VL
-# runner has one slot, ollama-api.md §8.6). Without it, two jobs keep the runner busy without a
-# break, and an LLM waiting for it as an eviction victim waits for both whole jobs (§8.3).
+# runner has one slot). Without it, two jobs keep the runner busy without a break, and an LLM
+# waiting for it as an eviction victim waits for both whole jobs (Ollama's server/sched.go).
 PAGE_GATE = True
 # The pipeline (sidecar/ocr/job.py) sends a page's /api/chat after the load call's answer, so a
 # request for another model that arrives during the load can slip in between, evict the model just

@@ -113,7 +113,7 @@ def _split_csv(value: object) -> object:
 
 
 class Settings(BaseSettings):
-    """The sidecar's whole configuration (DESIGN.md §3)."""
+    """The sidecar's whole configuration (docs/operations.md)."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,

@@ -1,4 +1,4 @@
-"""Residency over a whole OCR job: what to do before each page (DESIGN.md §4, §5).
+"""Residency over a whole OCR job: what to do before each page (docs/gpu-stewardship.md).
 
 `calculate_ocr_residency` answers "how long may the OCR model stay *after* the job". This module
 answers the question the pipeline asks before *every* page: run the page now or yield to the LLM,
@@ -26,8 +26,8 @@ Holding the model for the job. Every page call but the last carries `hold_second
 worst), never 0, and a whole second below `PRIORITY_KEEP_ALIVE`. The last page carries the
 after-job value (`calculate_ocr_residency`, which also stays below the priority keep_alive). Since
 every value the sidecar sends sorts before the LLM's keep_alive in Ollama's eviction order
-(ollama-api.md §8.3), an LLM that needs the memory between two pages gets it from Ollama: the idle
-OCR model is evicted, whatever time it has left.
+(Ollama's server/sched.go), an LLM that needs the memory between two pages gets it from Ollama:
+the idle OCR model is evicted, whatever time it has left.
 
 Loads. A step loads (`load=True`, the caller sends the load call first) only when `/api/ps` does
 not list the model. Since the hold covers the gap between pages, the model is then listed for the

@@ -2,7 +2,7 @@
 call), /api/ps, /api/tags, /api/version.
 
 It runs over the lifespan's shared `httpx.AsyncClient` and turns every Ollama failure into one
-`OllamaError` subclass, each a documented `ApiError` (DESIGN.md §4), so callers test the type,
+`OllamaError` subclass, each a documented `ApiError` (docs/api.md), so callers test the type,
 never the code string:
 
 - `OllamaUnavailable` (503 `ollama_unavailable` + Retry-After): connection refused, DNS failure,

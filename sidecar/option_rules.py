@@ -1,5 +1,5 @@
 """The Ollama option rules of an OCR job: which options the profile columns become, and the type
-and range every option must have (DESIGN.md §4).
+and range every option must have (docs/api.md).
 
 Part of the contract both halves import, so it uses pydantic models and the standard library only:
 the sidecar refuses a bad option with 422, the backend refuses the same stored profile before it

@@ -14,10 +14,11 @@ it cannot tell) it passes `placement_reserve_mib(...)` and `placement_keep_free_
 
 - an LLM that can share the card with the OCR model by Ollama's rule (it takes at most 80% of the
   free VRAM): room for both, both ways. Ollama does not see VRAM that torch takes *or gives back*
-  after its runners loaded (ollama-api.md §8.4): what counts is where the torch models were when
-  Ollama last loaded a model. A torch model left on the GPU when the OCR model loads makes an LLM
-  that arrives during the job evict the busy OCR model (a wait of up to a page) instead of loading
-  beside it; `bench/gpu_sim.py` shows those squeezes, and none with the models moved down first.
+  after its runners loaded (Ollama's server/sched.go): what counts is where the torch models were
+  when Ollama last loaded a model. A torch model left on the GPU when the OCR model loads makes an
+  LLM that arrives during the job evict the busy OCR model (a wait of up to a page) instead of
+  loading beside it; `bench/gpu_sim.py` shows those squeezes, and none with the models moved
+  down first.
 - an LLM that cannot share the card (a long context): it evicts the OCR model anyway and then needs
   its own size beside the torch models: `LLM_RESERVE_MIB` for moves up, and a model on the GPU
   stays (moving it down would follow every OCR job down and up again for nothing).

@@ -1,9 +1,9 @@
 """How long the OCR model may stay in GPU memory after a job: the `keep_alive` sent to Ollama.
 
-The GPU belongs to the LLM first (DESIGN.md §1, §5). The OCR model may linger between jobs only
-while it costs the LLM nothing. `calculate_ocr_residency` is pure: it sees the profile's ceiling,
-a VRAM snapshot, the models Ollama has loaded (/api/ps) and the thresholds, and returns
-`ResidencyDecision(keep_alive_seconds, reason, rule)`.
+The GPU belongs to the LLM first (docs/gpu-stewardship.md). The OCR model may linger between
+jobs only while it costs the LLM nothing. `calculate_ocr_residency` is pure: it sees the
+profile's ceiling, a VRAM snapshot, the models Ollama has loaded (/api/ps) and the thresholds, and
+returns `ResidencyDecision(keep_alive_seconds, reason, rule)`.
 
 "Used" and "free" below are the VRAM figures *with the OCR model loaded*: when /api/ps does not
 list it yet, its footprint (last seen size, when known) is added to used and taken from free.
@@ -20,15 +20,15 @@ Every rule yields a cap; the decision is the smallest cap, and its rule is the r
 | `llm_reserve`       | 0 when no priority model is loaded and free < `LLM_RESERVE_MIB` / 0.8: |
 |                     | the LLM must be able to load beside the OCR model without Ollama       |
 |                     | evicting it first (Ollama loads a model beside others only when it    |
-|                     | takes at most 80% of the free VRAM, ollama-api.md §8.2)               |
+|                     | takes at most 80% of the free VRAM: Ollama's server/sched.go)          |
 | `pressure`          | between `VRAM_PRESSURE_PCT` and `VRAM_CRITICAL_PCT` the ceiling shrinks |
 |                     | linearly, from the full ceiling at the pressure mark to 0 at critical   |
 | `footprint_unknown` | 0 when the OCR model is not loaded, its size is unknown and a priority |
 |                     | model is loaded: an unknown footprint never counts as fitting beside it |
 | `priority_order`    | below `PRIORITY_KEEP_ALIVE` (the LLM clients' keep_alive) by at least  |
 |                     | one second: Ollama evicts the idle model with the shortest configured   |
-|                     | keep_alive first (ollama-api.md §8.3), so under pressure it is the OCR  |
-|                     | model that goes, never the LLM                                          |
+|                     | keep_alive first (Ollama's server/sched.go), so under pressure it is   |
+|                     | the OCR model that goes, never the LLM                                  |
 
 So: never above the ceiling; always below the priority keep_alive; 0 at or above critical; 0 when a
 priority model is squeezed; 0 when VRAM is unknown; and, since every cap only grows with free VRAM,
@@ -55,7 +55,7 @@ from sidecar.vram_monitor import VramSnapshot
 # A "forever" ceiling (negative keep_alive) is held to this.
 FOREVER_CAP_S = 3600
 # Ollama loads a model beside others only when its estimate is at most this share of the free
-# VRAM (ollama-api.md §8.2 step 3); above it, it evicts an idle runner first.
+# VRAM (Ollama's server/sched.go); above it, it evicts an idle runner first.
 OLLAMA_FIT_SHARE = 0.8
 RULES = (
     "ceiling",

@@ -149,7 +149,7 @@ class VramFigures(BaseModel):
 
 
 class ResidencyInfo(BaseModel):
-    """How the job used the GPU (DESIGN.md §5 "Residency over a job")."""
+    """How the job used the GPU (docs/gpu-stewardship.md "Residency over a job")."""
 
     keep_alive: str = Field(description="the after-job keep_alive sent on the last call")
     rule: str = Field(description="machine-readable name of the rule that decided it")

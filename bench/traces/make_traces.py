@@ -1,7 +1,7 @@
 """Generate the GPU-simulation traces (`bench/traces/*.json`) from a seed: deterministic, so the
 committed files are exactly what `uv run python bench/traces/make_traces.py` writes.
 
-One working day (08:00–17:00) of the three kinds of GPU traffic (DESIGN.md §5):
+One working day (08:00–17:00) of the three kinds of GPU traffic (docs/gpu-stewardship.md):
 - **LLM chat sessions**, bursty: sessions start at a rate that peaks mid-morning and mid-afternoon
   and dips at lunch; a session is a handful of requests separated by reading/typing pauses
   (log-normal, a few seconds to minutes); each request generates for a few seconds.

@@ -1,6 +1,7 @@
 """`{{anchor_text}}`: a page's text layer in the format Typhoon OCR v1 prompts expect.
 
-Format (reference/typhoon-ocr.md §4), one item per line, PDF points with the origin bottom left:
+Format (the typhoon-ocr package's anchor text), one item per line, PDF points with the origin
+bottom left:
 `Page dimensions: {W:.1f}x{H:.1f}`, then `[Image {x0}x{y0} to {x1}x{y1}]` per image, then
 `[{x}x{y}]{text}` per text run. Text is escaped (`[`/`]`, newlines and tabs as two-character
 escapes), runs over 250 characters are shortened to "head ... tail", and blank runs dropped.

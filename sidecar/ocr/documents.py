@@ -1,5 +1,6 @@
 """Documents to page images: type by magic bytes, PDF pages rendered with pypdfium2, images decoded
-with Pillow, each page scaled the way Typhoon OCR expects (reference/typhoon-ocr.md §5).
+with Pillow, each page scaled the way Typhoon OCR expects (the typhoon-ocr package: longest side
+1800 px).
 
 - PDF pages are rendered so the longest side is 1800 px (`scale = 1800 / longest side in pt`)
   and sent as PNG (lossless: OCR wants crisp glyphs).

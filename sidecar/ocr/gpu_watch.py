@@ -24,7 +24,7 @@ from sidecar.residency_policy import is_priority_model
 from sidecar.vram_monitor import VramMonitor
 
 logger = logging.getLogger("sidecar.ocr")
-# KV cache and compute buffers of a 3-4B vision model at num_ctx 16384 (ollama-api.md §8.4:
+# KV cache and compute buffers of a 3-4B vision model at num_ctx 16384 (Ollama's server/sched.go:
 # f16 KV = 2 × layers × KV heads × head dim × ctx × 2 bytes ≈ 0.6 GiB, plus the graph).
 KV_HEADROOM_MIB = 1024
 TAGS_TTL_S = 300.0

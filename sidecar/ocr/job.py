@@ -1,4 +1,4 @@
-"""One OCR job, page by page (DESIGN.md §4 "POST /ocr", §5 "Residency over a job").
+"""One OCR job, page by page (docs/api.md "POST /ocr", docs/gpu-stewardship.md).
 
 1. options and system message are built and checked (422 before anything is opened);
 2. the document is opened in a worker thread (415/422) and the pages chosen (413/422); page 1

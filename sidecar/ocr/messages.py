@@ -1,5 +1,5 @@
 """What the sidecar sends Ollama for a job: the system message, each page's user message and the
-options, built exactly as DESIGN.md §4 says and nothing more (the sidecar has no defaults).
+options, built exactly as docs/api.md says and nothing more (the sidecar has no defaults).
 """
 
 from __future__ import annotations

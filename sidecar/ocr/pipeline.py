@@ -1,4 +1,4 @@
-"""The OCR capability of the sidecar: Ollama's health, admission, and jobs (DESIGN.md §4, §5).
+"""The OCR capability of the sidecar: Ollama's health, admission, and jobs (docs/api.md).
 
 The parts live in their own modules: page selection and rendering (`pages`), the GPU view before
 each page (`gpu_watch`), retries (`retry`), the page loop with residency, partial results and the

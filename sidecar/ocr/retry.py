@@ -1,4 +1,4 @@
-"""Per-page retries of Ollama calls (DESIGN.md §4 "Partial results").
+"""Per-page retries of Ollama calls (docs/api.md "Partial results").
 
 Only `OllamaUnavailable` is retried: Ollama's 503 "server busy" (its scheduler queue is full) and
 connect errors (Ollama restarting). Both mean "not now", and nothing was generated. Timeouts, bad

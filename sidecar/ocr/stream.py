@@ -1,4 +1,4 @@
-"""The NDJSON form of `POST /ocr` (DESIGN.md §4 "Streaming").
+"""The NDJSON form of `POST /ocr` (docs/api.md "Streaming").
 
 With `Accept: application/x-ndjson` the reply is one JSON object per line: `{"event": "page", …}`
 for each page as it is done, in page order, then `{"event": "done", …the summary…}`; an error

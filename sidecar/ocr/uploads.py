@@ -1,4 +1,4 @@
-"""The path guard of DESIGN.md §4: which files `POST /ocr {"source": {"path": …}}` may read.
+"""The path guard of docs/api.md: which files `POST /ocr {"source": {"path": …}}` may read.
 
 Relative paths resolve under the upload base; absolute ones only if they resolve inside it. The
 raw path and every percent-decoded form must stay inside; the file is then opened once, walking

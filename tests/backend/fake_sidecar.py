@@ -223,7 +223,7 @@ def ocr_answer(
     recorded: Recorded, request_id: str, failed: set[int] | None = None
 ) -> dict[str, Any]:
     """What the real sidecar would answer for this job (one page per requested page); pages in
-    `failed` come back as the partial-result entries of DESIGN.md §4."""
+    `failed` come back as the partial-result entries of docs/api.md."""
     job = recorded.job
     profile = job["profile"]
     pages = job.get("pages") or [1]

@@ -1,8 +1,8 @@
 """`python -m tests.fake_ollama --port 11434`: a fake Ollama to try `/ocr` without a GPU.
 
-With `--vram-total-mib N` it keeps VRAM books as Ollama's scheduler would (ollama-api.md §8; see
-`scheduler.py`); `--vram-file PATH` keeps the snapshot `OCR_SIDECAR_VRAM_SOURCE=file:PATH` reads,
-so drills through the real sidecar see the same numbers. Model sizes: `--model NAME=MIB`.
+With `--vram-total-mib N` it keeps VRAM books as Ollama's scheduler would (Ollama's server/sched.go;
+see `scheduler.py`); `--vram-file PATH` keeps the snapshot that `OCR_SIDECAR_VRAM_SOURCE=file:PATH`
+reads, so drills through the real sidecar see the same numbers. Model sizes: `--model NAME=MIB`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Ollama's scheduler and the GPU's VRAM books, as a pure, clock-injected state machine.
 
 Both the HTTP fake (`tests.fake_ollama.server`) and the simulator (`bench/gpu_sim.py`) drive this
-one module, so the two tell the same story. It follows reference/ollama-api.md §8 (our reading of
+one module, so the two tell the same story. It follows Ollama's server/sched.go (our reading of
 §8.9 "for the simulator and the fake"):
 
 - **Fast path** (§8.1): a request for a loaded runner with the same runner options attaches at

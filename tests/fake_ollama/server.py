@@ -1,10 +1,10 @@
 """A fake Ollama: a real HTTP/1.1 server on loopback speaking Ollama's wire format.
 
-Implements reference/ollama-api.md §7: `/api/chat` and `/api/generate` (streamed NDJSON and not,
-load and unload calls, `num_predict` truncation with `done_reason: "length"`), `/api/ps` with
-`size_vram` and `expires_at`, `/api/tags`, `/api/version`, `/api/show`, `GET /`; keep_alive decoded
-by Go's rules with Go's error texts; sessions, expiry (injectable clock) and reloads when runner
-options change; the error statuses and bodies of §5, checked in Ollama's order.
+Implements Ollama's HTTP API as the sidecar uses it: `/api/chat` and `/api/generate` (streamed
+NDJSON and not, load and unload calls, `num_predict` truncation with `done_reason: "length"`),
+`/api/ps` with `size_vram` and `expires_at`, `/api/tags`, `/api/version`, `/api/show`, `GET /`;
+keep_alive decoded by Go's rules with Go's error texts; sessions, expiry (injectable clock) and
+reloads when runner options change; the error statuses and bodies of §5, checked in Ollama's order.
 
 It records every request, and can be told to be down (connection refused), hold requests until
 released (to trigger timeouts), or answer with a fault: 500, 503 busy, non-JSON, truncated JSON,
@@ -500,7 +500,7 @@ class FakeOllama:
 
     def set_external(self, owner: str, mib: int) -> None:
         """VRAM another process (the sidecar's torch models) takes; Ollama does not see it once a
-        runner is loaded (ollama-api.md §8.4)."""
+        runner is loaded (Ollama's server/sched.go)."""
         with self._lock:
             self.scheduler.set_external(self.clock(), owner, mib)
             self._lock.notify_all()

@@ -1,7 +1,8 @@
 """The fake's model registry: installed models, and a view of the loaded runners.
 
 Sessions, expiry, the load queue, eviction and the VRAM books live in `scheduler.py`
-(reference/ollama-api.md §2, §7, §8): a request without keep_alive keeps a loaded model's session
+(Ollama's server: api/types.go, server/routes.go, server/sched.go): a request without keep_alive
+keeps a loaded model's session
 (5m on a fresh load); the expiry timer starts when the last in-flight request finishes; 0 unloads
 as soon as the model is idle; negative means forever; different runner options reload. All times
 come from the injectable `clock` (epoch seconds), so tests can move time by hand.

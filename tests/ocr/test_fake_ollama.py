@@ -1,4 +1,4 @@
-"""The fake Ollama itself: other tests trust it, so it is held to reference/ollama-api.md §7."""
+"""The fake Ollama itself: other tests trust it, so it is held to Ollama's wire behaviour."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""System message, user message and options: DESIGN.md §4, with no sidecar defaults."""
+"""System message, user message and options: docs/api.md, with no sidecar defaults."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Long OCR jobs over real HTTP against the fake Ollama: a caller that goes away, a page that
-fails, the NDJSON stream, the job deadline, and one model load per job (DESIGN.md §4, §5)."""
+fails, the NDJSON stream, the job deadline, and one model load per job (docs/api.md)."""
 
 from __future__ import annotations
 

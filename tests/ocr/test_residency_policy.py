@@ -1,4 +1,4 @@
-"""The residency policy (DESIGN.md §5): hypothesis properties plus the worked examples."""
+"""The residency policy (docs/gpu-stewardship.md): hypothesis properties, worked examples."""
 
 from __future__ import annotations
 

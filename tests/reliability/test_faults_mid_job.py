@@ -1,7 +1,7 @@
 """Faults in the middle of OCR jobs, against a real sidecar process and the fake Ollama: Ollama
 killed after page k, Ollama hanging, Ollama answering garbage; and the database down for the
 `ocr-backend` CLI. The sidecar stays healthy, answers with the documented codes (or partial
-results, DESIGN §4), and keeps no descriptor per fault.
+results, docs/api.md), and keeps no descriptor per fault.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from tests.server import free_port
 KILLED_AFTER = 2  # Ollama goes down when the third page is sent
 OLLAMA_TIMEOUT_S = 2
 REPEATS = 6  # a fault repeated: a per-fault leak would grow the descriptor count by this much
-# Answers for a job whose first page already failed (DESIGN §4, "Ollama failures").
+# Answers for a job whose first page already failed (docs/api.md, "Ollama failures").
 FAILURE_CODES = {
     503: "ollama_unavailable",
     504: "ollama_timeout",

@@ -1,4 +1,4 @@
-"""The scheduler model both the fake Ollama and the simulator run (reference/ollama-api.md §8)."""
+"""The scheduler model both the fake Ollama and the simulator run (Ollama's server/sched.go)."""
 
 from __future__ import annotations
 
