@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.config import IpNetwork, Settings, read_key_file
 from sidecar.errors import ApiError, problem_response
+from sidecar.limits import answer_unread
 from sidecar.observability import Metrics
 
 logger = logging.getLogger("sidecar.auth")
@@ -198,6 +199,6 @@ class AuthMiddleware:
         error = await self._refusal(request)
         if error is not None:
             response = problem_response(request, error.code, error.detail)
-            await response(scope, receive, send)
+            await answer_unread(response, scope, receive, send)
             return
         await self.app(scope, receive, send)

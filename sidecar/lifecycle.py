@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.errors import problem_response
+from sidecar.limits import answer_unread
 
 T = TypeVar("T")
 JOB_PATHS = frozenset({"/ocr", "/embed", "/rerank"})
@@ -58,7 +59,7 @@ class DrainMiddleware:
             response = problem_response(
                 Request(scope), "not_ready", SHUTTING_DOWN_DETAIL, headers={"Connection": "close"}
             )
-            await response(scope, receive, send)
+            await answer_unread(response, scope, receive, send)
             return
         self.drain.job_started()
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sidecar.errors import ApiError, problem_response
@@ -107,3 +108,23 @@ def body_limit_for(
         return ocr_limit if path == "/ocr" else max_json_bytes
 
     return limit_for
+
+
+# An early answer (401, 503 while draining) first reads a request body this small: closing a
+# connection with unread request bytes makes the kernel reset it, and the reset can destroy the
+# answer still in flight, so the caller would see "connection reset" instead of the status.
+DISCARD_BODY_MAX_BYTES = 64 * 1024
+
+
+async def answer_unread(response: Response, scope: Scope, receive: Receive, send: Send) -> None:
+    """Send `response` to a request the app will not read; a small declared body is read and
+    dropped first. A larger one stays unread: refusing it must not cost reading it."""
+    try:
+        declared = declared_length(scope)
+    except ApiError:
+        declared = None
+    more = declared is not None and 0 < declared <= DISCARD_BODY_MAX_BYTES
+    while more:
+        message = await receive()
+        more = message["type"] == "http.request" and bool(message.get("more_body", False))
+    await response(scope, receive, send)

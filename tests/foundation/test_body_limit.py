@@ -115,3 +115,33 @@ def test_bodies_under_the_limit_reach_the_route(
             headers={"Content-Type": "application/json", "X-API-Key": api_key},
         )
     assert response.status_code == 422  # the route's own validation answered
+
+
+async def test_an_early_answer_reads_a_small_body_first_and_leaves_a_large_one_unread() -> None:
+    """Closing with unread request bytes resets the connection and can lose the answer: a small
+    declared body is read before an early answer, a large one is not (refusing must stay cheap)."""
+    from starlette.responses import Response
+
+    from sidecar.limits import DISCARD_BODY_MAX_BYTES, answer_unread
+
+    async def run(length: int) -> tuple[int, list[str]]:
+        chunks = [b"x" * (length // 2), b"x" * (length - length // 2)]
+        events: list[str] = []
+
+        async def receive() -> dict[str, object]:
+            body = chunks.pop(0)
+            events.append("read")
+            return {"type": "http.request", "body": body, "more_body": bool(chunks)}
+
+        async def send(message: dict[str, object]) -> None:
+            events.append(str(message["type"]))
+
+        scope = {"type": "http", "headers": [(b"content-length", str(length).encode())]}
+        await answer_unread(Response(status_code=401), scope, receive, send)
+        return len(chunks), events
+
+    left, events = await run(100)
+    assert left == 0 and events[:2] == ["read", "read"]  # both parts read, then the answer
+    assert events[2:] == ["http.response.start", "http.response.body"]
+    left, events = await run(DISCARD_BODY_MAX_BYTES + 1)
+    assert left == 2 and "read" not in events
