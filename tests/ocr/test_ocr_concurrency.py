@@ -136,19 +136,28 @@ def decisions(sidecar: Sidecar) -> float:
     return sidecar.metric("sidecar_ocr_keep_alive_seconds_count")
 
 
-async def test_two_jobs_of_one_model_take_turns_one_page_call_at_a_time(
-    start_sidecar, fake_ollama: FakeOllama
-):
-    sidecar = start_sidecar(max_concurrent_ocr=2)
+@contextlib.asynccontextmanager
+async def jobs_at_the_gate(
+    sidecar: Sidecar, fake_ollama: FakeOllama, first_pages: int, second_pages: int
+) -> AsyncIterator[tuple[asyncio.Task[httpx.Response], asyncio.Task[httpx.Response]]]:
+    """Two jobs of one model: the first's page 1 held at the fake, the second's page 1 decided
+    and waiting at the sidecar's page gate (wide pages for the first, tall for the second)."""
     fake_ollama.hold()
     async with httpx.AsyncClient(
         base_url=sidecar.url, headers=sidecar.client.headers, timeout=30
     ) as client:
-        first = asyncio.create_task(client.post("/ocr", **tiff_upload(3, WIDE)))
+        first = asyncio.create_task(client.post("/ocr", **tiff_upload(first_pages, WIDE)))
         assert await asyncio.to_thread(fake_ollama.wait_for, lambda f: f.held == 1)
-        second = asyncio.create_task(client.post("/ocr", **tiff_upload(3, TALL)))
-        # the second job has decided its page 1 and waits at the gate, not at Ollama
+        second = asyncio.create_task(client.post("/ocr", **tiff_upload(second_pages, TALL)))
         assert await asyncio.to_thread(eventually, lambda: decisions(sidecar) == 2)
+        yield first, second
+
+
+async def test_two_jobs_of_one_model_take_turns_one_page_call_at_a_time(
+    start_sidecar, fake_ollama: FakeOllama
+):
+    sidecar = start_sidecar(max_concurrent_ocr=2)
+    async with jobs_at_the_gate(sidecar, fake_ollama, 3, 3) as (first, second):
         assert (fake_ollama.held, fake_ollama.in_flight) == (1, 1)
         fake_ollama.release()
         responses = [await first, await second]
@@ -163,14 +172,7 @@ async def test_two_jobs_of_one_model_take_turns_one_page_call_at_a_time(
 
 async def test_a_cancelled_job_frees_the_gate_for_the_other(start_sidecar, fake_ollama: FakeOllama):
     sidecar = start_sidecar(max_concurrent_ocr=2)
-    fake_ollama.hold()
-    async with httpx.AsyncClient(
-        base_url=sidecar.url, headers=sidecar.client.headers, timeout=30
-    ) as client:
-        gone = asyncio.create_task(client.post("/ocr", **tiff_upload(3, WIDE)))
-        assert await asyncio.to_thread(fake_ollama.wait_for, lambda f: f.held == 1)
-        other = asyncio.create_task(client.post("/ocr", **tiff_upload(2, TALL)))
-        assert await asyncio.to_thread(eventually, lambda: decisions(sidecar) == 2)
+    async with jobs_at_the_gate(sidecar, fake_ollama, 3, 2) as (gone, other):
         gone.cancel()  # the caller of the job holding the gate hangs up
         # its page call is closed, and the waiting job's page 1 goes to Ollama in its place
         assert await asyncio.to_thread(
