@@ -267,6 +267,7 @@ def unprivileged_sidecar(
     uid = str(PRODUCTION_UID)
     wrapper = ["setpriv", "--reuid", uid, "--regid", uid, "--clear-groups", "--inh-caps=-all"]
     with running_sidecar(env, tree.root, api_key, wrapper=wrapper) as sidecar:
+        sidecar.wait_until_models_settled()  # descriptor audits start on a quiet process
         yield sidecar
 
 

