@@ -2,9 +2,9 @@
 
 `calculate_ocr_residency` answers "how long may the OCR model stay *after* the job". This module
 answers the question the pipeline asks before *every* page: run the page now or yield to the LLM,
-which `keep_alive` to send on the page's call, and whether a load call must go first. It is pure:
-no I/O, no clock, no HTTP client; the caller brings what it saw (`GpuView`) and how long it has
-already waited before this page, and tells it when a page's call finished.
+which `keep_alive` to send on the page's call, and whether that call will load the model. It is
+pure: no I/O, no clock, no HTTP client; the caller brings what it saw (`GpuView`) and how long it
+has already waited before this page, and tells it when a page's call finished.
 
 Rules (the `rule` names are stable and machine-readable; `RULES` lists them):
 
@@ -29,13 +29,13 @@ every value the sidecar sends sorts before the LLM's keep_alive in Ollama's evic
 (Ollama's server/sched.go), an LLM that needs the memory between two pages gets it from Ollama:
 the idle OCR model is evicted, whatever time it has left.
 
-Loads. A step loads (`load=True`, the caller sends the load call first) only when `/api/ps` does
-not list the model. Since the hold covers the gap between pages, the model is then listed for the
-rest of the job unless Ollama evicted it, so a job loads at most once unless Ollama evicted the
-model. A load call never carries 0 (that is Ollama's unload form and loads nothing): on a last
-page whose after-job value is 0 and whose model is not loaded, the step sends no separate load
-call (`load=False`, `loading=True`); the page call itself loads the model and carries the 0, so
-Ollama unloads it as soon as the page is done. `loads` counts that load too.
+Loads. A step loads (`loading=True`) only when `/api/ps` does not list the model; the page's
+own call loads it (no separate load call: a request for another model that arrived between a
+load call's answer and the page call would evict the model just loaded, and be evicted in turn).
+Since the hold covers the gap between pages, the model is then listed for the rest of the job
+unless Ollama evicted it, so a job loads at most once unless Ollama evicted the model. A last page
+whose after-job value is 0 loads the model, reads the page and leaves: Ollama unloads a model
+whose call carried 0 as soon as that call is done.
 
 Yielding, and why only before a load, and only when waiting can help. These are checked when the
 OCR model is *not* listed, i.e. when running the page would (re)load it: that load is what would
@@ -116,13 +116,12 @@ class GpuView:
 @dataclass(frozen=True, slots=True)
 class PageStep:
     action: Literal["run", "wait"]  # run this page now, or yield to the LLM and ask again
-    keep_alive_seconds: int  # send on this page's call, and on the load call when `load`
-    load: bool  # /api/ps does not list the OCR model: the caller sends the load call first
+    keep_alive_seconds: int  # send on this page's call
+    # /api/ps does not list the OCR model: the page's call will load it.
+    loading: bool
     rule: str  # stable machine-readable rule name (RULES, or an after-job rule)
     reason: str  # human text
     retry_in_s: float = 0.0  # when action == "wait": ask again after this long
-    # The page's call will load the model (with or without a separate load call first).
-    loading: bool = False
     last: bool = False  # the job's last page: keep_alive is the after-job value
 
     @property
@@ -224,7 +223,6 @@ class JobResidency:
         self.pages = pages
         self.done = 0
         self._loads = 0
-        self._load_calls = 0
         self._yield_s = 0.0  # waited before pages that then ran
         self._yields = 0  # pages that waited at all
 
@@ -232,11 +230,6 @@ class JobResidency:
     def loads(self) -> int:
         """Loads this job caused (steps that ran a page while /api/ps did not list the model)."""
         return self._loads
-
-    @property
-    def load_calls(self) -> int:
-        """Separate load calls this job's steps asked for."""
-        return self._load_calls
 
     @property
     def yield_s(self) -> float:
@@ -270,11 +263,10 @@ class JobResidency:
             return PageStep(
                 "wait",
                 hold,
-                False,
+                loading,
                 rule,
                 f"{reason}: waiting for the LLM ({waited_s:.0f}s of {yield_max:.0f}s)",
                 retry_in_s=min(YIELD_POLL_S, yield_max - waited_s),
-                loading=loading,
                 last=last,
             )
         suffix = ""
@@ -305,25 +297,13 @@ class JobResidency:
                 decision.rule,
                 decision.reason,
             )
-        # A load call with 0 is Ollama's unload form: the page call then loads the model itself.
-        load = loading and keep_alive > 0
-        step = PageStep(
-            "run",
-            keep_alive,
-            load,
-            rule,
-            reason + suffix,
-            loading=loading,
-            last=last,
-        )
+        step = PageStep("run", keep_alive, loading, rule, reason + suffix, last=last)
         self._ran(step, waited_s)
         return step
 
     def _ran(self, step: PageStep, waited_s: float) -> None:
         if step.loading:
             self._loads += 1
-        if step.load:
-            self._load_calls += 1
         if waited_s > 0:
             self._yields += 1
             self._yield_s += waited_s

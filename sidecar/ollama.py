@@ -91,16 +91,15 @@ class ChatReply(BaseModel):
         return self.message.content
 
     @property
+    def load_seconds(self) -> float:
+        """Time before generation began (queue, evictions, the model's load); Ollama's
+        durations are integer nanoseconds."""
+        return (self.load_duration or 0) / 1e9
+
+    @property
     def complete(self) -> bool:
         """False for Ollama's silent repeat abort (no done:true) and for a num_predict cut."""
         return self.done and self.done_reason != "length"
-
-
-class _LoadReply(BaseModel):
-    """/api/generate's answer to a load call (`prompt` empty): `done_reason` is "load"."""
-
-    model_config = ConfigDict(extra="ignore")
-    done: bool
 
 
 class _PsEntry(BaseModel):
@@ -249,30 +248,6 @@ class OllamaClient:
         """/api/tags: model key (`model_key`) → size on disk in bytes, for every installed model."""
         reply = await self._request("GET", "/api/tags", _TagsReply)
         return {model_key(m.name): m.size for m in reply.models}
-
-    async def load(
-        self,
-        model: str,
-        *,
-        system: str,
-        options: dict[str, Any],
-        keep_alive: str,
-    ) -> None:
-        """Load `model` under the job's system prompt, options and keep_alive, generating nothing.
-
-        /api/generate with an empty `prompt` is Ollama's load call and, unlike /api/chat's load
-        call (no messages at all), it carries a `system` field: so the load call sends exactly
-        what every page call sends.
-        """
-        body = {
-            "model": model,
-            "prompt": "",
-            "system": system,
-            "stream": False,
-            "options": options,
-            "keep_alive": keep_alive,
-        }
-        await self._request("POST", "/api/generate", _LoadReply, body=body, model=model)
 
     async def chat(
         self,

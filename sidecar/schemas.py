@@ -154,7 +154,7 @@ class ResidencyInfo(BaseModel):
     keep_alive: str = Field(description="the after-job keep_alive sent on the last call")
     rule: str = Field(description="machine-readable name of the rule that decided it")
     reason: str
-    loads: int = Field(0, description="load calls this job sent for the OCR model")
+    loads: int = Field(0, description="loads of the OCR model this job's page calls caused")
     yield_ms: int = Field(0, description="time the job waited for the priority LLM")
     vram: VramFigures | None = None
 

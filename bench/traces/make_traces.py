@@ -130,13 +130,20 @@ def _dump(item: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    traces = [
-        trace("fits", 9000, 9000, SEED, 0.0, DAY_S,
+def day_traces(seed: int) -> list[dict[str, Any]]:
+    """The working day of `seed`, in the fits and the tight set-up (the same traffic)."""
+    return [
+        trace("fits", 9000, 9000, seed, 0.0, DAY_S,
               "LLM 9000 MiB + OCR 3300 MiB + BGE-M3 and reranker (1100 MiB each) fit on 16 GB"),
-        trace("tight", 12300, 12300, SEED, 0.0, DAY_S,
+        trace("tight", 12300, 12300, seed, 0.0, DAY_S,
               "LLM with a long context (12300 MiB): it and the OCR model do not both fit "
               "(Ollama loads a model beside others only within 0.8 of the free VRAM)"),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    traces = [
+        *day_traces(SEED),
         trace("short", 9000, 9000, SEED + 1, 7200.0, 10800.0,
               "one busy hour (10:00–11:00) of the fits set-up, for the test suite"),
     ]  # fmt: skip

@@ -5,13 +5,15 @@
    starts rendering while the job waits for an admission slot (429 when the queue is full);
 3. before every page `JobResidency.next_step` decides on a fresh `GpuView`: wait for the LLM
    (bounded by `OCR_YIELD_MAX_S`), or run with a keep_alive (the in-job hold, the after-job value
-   on the last page) and a load call first when /api/ps does not list the model;
-4. a page's Ollama work (the load call when one is needed, then its /api/chat) runs under the
-   model's page gate, one page at a time per model across all jobs (FIFO): Ollama's Qwen3-VL
-   runner has one slot anyway, and without the gate two jobs keep it busy without a break, so an
-   LLM that waits for it as an eviction victim would wait for both whole jobs. The gate is taken
-   after the page's decision and let go before the next page is rendered or decided;
-5. each page's calls are retried on "busy"/unreachable inside the page budget; a page that still
+   on the last page); when /api/ps does not list the model, the page's own call loads it: a
+   separate load call would leave a gap between its answer and the page call, in which a request
+   for another model could evict the model just loaded and be evicted in turn;
+4. a page's Ollama call runs under the model's page gate, one page at a time per model across
+   all jobs (FIFO): Ollama's Qwen3-VL runner has one slot anyway, and without the gate two jobs
+   keep it busy without a break, so an LLM that waits for it as an eviction victim would wait
+   for both whole jobs. The gate is taken after the page's decision and let go before the next
+   page is rendered or decided;
+5. each page's call is retried on "busy"/unreachable inside the page budget; a page that still
    fails after an earlier page succeeded becomes an error entry and the job goes on;
 6. the whole job, queue wait included, ends at `OCR_JOB_TIMEOUT_S`: the pages left get
    `job_timeout` entries, or the request fails with 504 `job_timeout` when no page was done.
@@ -255,18 +257,8 @@ class _PageLoop:
                                                     page.anchor_text)]  # fmt: skip
             del page  # the image lives on only in `messages`, until this page is sent
             async with self.runner.page_gate(plan.model):
-                # The page's budget covers its own Ollama calls, not the wait for another job's.
+                # The page's budget covers its own Ollama call, not the wait for another job's.
                 gate_taken = time.monotonic()
-                if step.load:  # the load time stays out of the page's duration
-                    await self._call(
-                        lambda: self.runner.ollama.load(
-                            plan.model,
-                            system=plan.system_prompt,
-                            options=plan.options,
-                            keep_alive=step.keep_alive,
-                        ),
-                        gate_taken,
-                    )
                 call_started = time.perf_counter()
                 reply = await self._call(
                     lambda: self.runner.ollama.chat(
@@ -298,7 +290,7 @@ class _PageLoop:
         logger.info(
             "ocr residency step",
             extra={"request_id": self.plan.request_id, "model": self.plan.model,
-                   "keep_alive_s": step.keep_alive_seconds, "load": step.load,
+                   "keep_alive_s": step.keep_alive_seconds, "load": step.loading,
                    "rule": step.rule, "reason": step.reason, "yield_s": round(waited, 3)},
         )  # fmt: skip
         return step
@@ -341,12 +333,13 @@ class _PageLoop:
 
 
 def _page_result(number: int, reply: ChatReply, seconds: float) -> OcrPageResult:
+    # The load time stays out of the page's duration.
     return OcrPageResult(
         page=number,
         text=reply.text,
         complete=reply.complete,
         done_reason=reply.done_reason,
-        duration_ms=_ms(seconds),
+        duration_ms=_ms(max(seconds - reply.load_seconds, 0.0)),
         prompt_eval_count=reply.prompt_eval_count,
         eval_count=reply.eval_count,
     )

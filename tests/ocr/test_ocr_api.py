@@ -27,7 +27,7 @@ def chat_bodies(fake: FakeOllama) -> list[dict]:
 
 
 def ollama_calls(fake: FakeOllama) -> list[dict]:
-    """Every generation-side call in order: the load call (/api/generate) and the page calls."""
+    """Every generation-side call in order (a separate load call would be an /api/generate)."""
     return [r.body for r in fake.requests if r.path in ("/api/generate", "/api/chat")]
 
 
@@ -136,8 +136,7 @@ def test_every_call_carries_the_same_system_prompt_and_options(
 ):
     response = sidecar.upload(text_pdf(2), make_job())
     assert response.status_code == 200, response.text
-    (load,) = fake_ollama.bodies("/api/generate")  # the model-load call
-    assert load["prompt"] == "" and "images" not in load
+    assert fake_ollama.bodies("/api/generate") == []  # no separate load call: page 1 loads
     pages = chat_bodies(fake_ollama)
     assert len(pages) == 2
     expected_options = {
@@ -147,17 +146,16 @@ def test_every_call_carries_the_same_system_prompt_and_options(
         "num_predict": 16384,
         "num_ctx": 16384,
     }
-    for call in [load, *pages]:
+    for call in pages:
         assert call["model"] == OCR_MODEL
         assert call["options"] == expected_options
         assert call["stream"] is False
-    # the model is held for the job; the last page carries the after-job value
+    # page 1 loads the model and holds it for the job; the last page carries the after-job value
     residency = response.json()["residency"]
-    assert [load["keep_alive"], pages[0]["keep_alive"]] == ["60s", "60s"]
+    assert pages[0]["keep_alive"] == "60s"
     assert pages[1]["keep_alive"] == residency["keep_alive"] == "299s"
     assert residency["loads"] == 1 and residency["yield_ms"] == 0
     system_prompt = "You transcribe documents for the DMS. Fields: invoice_no, tax_id, total."
-    assert load["system"] == system_prompt
     for call in pages:
         system, user = call["messages"]
         assert system == {"role": "system", "content": system_prompt}
@@ -192,7 +190,7 @@ def test_null_parameters_are_omitted_so_the_modelfile_applies(
     job["profile"]["top_p"] = None  # explicit null, not just absent
     response = sidecar.upload(make_image("PNG"), job)
     assert response.status_code == 200, response.text
-    assert len(ollama_calls(fake_ollama)) == 2  # load and page
+    assert len(ollama_calls(fake_ollama)) == 1  # the page, which loads the model
     for call in ollama_calls(fake_ollama):
         assert call["options"] == {}
     assert response.json()["params_sent"] == {}
@@ -490,11 +488,18 @@ def test_response_reports_timings_and_queue_time_metric(sidecar: Sidecar):
     assert json.loads(response.text)["request_id"] == response.headers["x-request-id"]
 
 
-def test_load_call_only_when_ps_does_not_list_the_model(sidecar: Sidecar, fake_ollama: FakeOllama):
-    assert sidecar.upload(make_image("PNG"), make_job()).status_code == 200
-    paths = [r.path for r in fake_ollama.requests]
-    assert paths == ["/api/ps", "/api/tags", "/api/generate", "/api/chat"]
+def test_the_page_call_loads_the_model_without_a_separate_load_call(
+    sidecar: Sidecar, fake_ollama: FakeOllama
+):
+    first = sidecar.upload(make_image("PNG"), make_job())
+    assert first.status_code == 200
+    # /api/tags only while the model is not loaded (its footprint), and no /api/generate
+    assert [r.path for r in fake_ollama.requests] == ["/api/ps", "/api/tags", "/api/chat"]
+    assert [model for model, _ in fake_ollama.load_events] == ["scb10x/typhoon-ocr1.5-3b:latest"]
+    assert first.json()["residency"]["loads"] == 1
     fake_ollama.clear_requests()
-    assert sidecar.upload(make_image("PNG"), make_job()).status_code == 200  # still loaded
+    second = sidecar.upload(make_image("PNG"), make_job())  # still loaded
+    assert second.status_code == 200
     assert [r.path for r in fake_ollama.requests] == ["/api/ps", "/api/chat"]
+    assert second.json()["residency"]["loads"] == 0
     assert chat_bodies(fake_ollama)[0]["messages"]

@@ -90,7 +90,7 @@ async def test_a_caller_that_disconnects_stops_the_job_at_once(
 def test_a_failed_page_does_not_throw_the_others_away(
     sidecar: Sidecar, fake_ollama: FakeOllama, fault: Fault, code: str
 ):
-    fake_ollama.fail(fault, times=1, skip=3)  # the load call, pages 1 and 2, then page 3 fails
+    fake_ollama.fail(fault, times=1, skip=2)  # pages 1 and 2, then page 3 fails
     response = sidecar.upload(multipage_tiff(5), make_job())
     assert response.status_code == 200, response.text
     body = response.json()
@@ -108,7 +108,7 @@ def test_a_failed_page_does_not_throw_the_others_away(
 def test_a_failure_before_any_page_succeeded_fails_the_request(
     sidecar: Sidecar, fake_ollama: FakeOllama
 ):
-    fake_ollama.fail(Fault.ERROR_500, times=1, skip=1)  # page 1 of 3
+    fake_ollama.fail(Fault.ERROR_500, times=1)  # page 1 of 3
     assert_problem(sidecar.upload(multipage_tiff(3), make_job()), 502, "ollama_bad_response")
     assert page_calls(fake_ollama) == 1  # the job stopped there
 
@@ -149,12 +149,12 @@ def test_errors_before_the_first_page_keep_their_status_when_streaming(
     assert_problem(stream(multipage_tiff(2), unknown), 424, "model_not_available")
     assert_problem(stream(b"not a document", make_job()), 415, "unsupported_media_type")
     assert_problem(stream(multipage_tiff(2), make_job(pages=[3])), 422, "validation_error")
-    fake_ollama.fail(Fault.ERROR_500, times=1, skip=1)
+    fake_ollama.fail(Fault.ERROR_500, times=1)  # page 1
     assert_problem(stream(multipage_tiff(2), make_job()), 502, "ollama_bad_response")
 
 
 def test_a_failed_page_is_a_page_line_with_its_error(sidecar: Sidecar, fake_ollama: FakeOllama):
-    fake_ollama.fail(Fault.ERROR_500, times=1, skip=2)  # page 2 of 3
+    fake_ollama.fail(Fault.ERROR_500, times=1, skip=1)  # page 2 of 3
     response = sidecar.client.post("/ocr", headers=NDJSON, **upload_kwargs(multipage_tiff(3)))
     events = [json.loads(line) for line in response.text.splitlines()]
     assert [e["event"] for e in events] == ["page", "page", "page", "done"]
@@ -231,7 +231,8 @@ def test_the_first_job_beside_a_loaded_llm_waits_then_sends_no_squeezing_keep_al
         assert residency["yield_ms"] >= 300  # it waited for the LLM before loading
         assert residency["keep_alive"] == "0s" and residency["loads"] == 1
         calls = [r.body for r in fake.requests if r.path in ("/api/generate", "/api/chat")]
-        assert [c["keep_alive"] for c in calls] == ["60s", "60s", "0s"]  # load, page 1, page 2
+        # page 1 loads the model and holds it for the job, page 2 carries the after-job value
+        assert [c["keep_alive"] for c in calls] == ["60s", "0s"]
         assert fake.events("overcommit") == []
 
 

@@ -21,14 +21,17 @@ def test_model_key_matches_ps_names(name: str, key: str):
     assert model_key(name) == key
 
 
-async def test_load_call_generates_nothing_and_unknown_models_are_424():
+async def test_a_chat_loads_the_model_and_unknown_models_are_424():
     with FakeOllama([FakeModel("scb10x/typhoon-ocr1.5-3b")]) as fake:
         async with httpx.AsyncClient() as http:
             client = OllamaClient(http, fake.url, read_timeout_s=5, connect_timeout_s=1)
             with pytest.raises(ApiError) as error:
-                await client.load("not-installed", system="", options={}, keep_alive="0s")
+                await client.chat("not-installed", [], options={}, keep_alive="5s")
             assert error.value.code == "model_not_available"
-            await client.load("scb10x/typhoon-ocr1.5-3b", system="", options={}, keep_alive="5s")
+            assert await client.loaded_models() == []
+            page = [{"role": "user", "content": "x"}]
+            reply = await client.chat("scb10x/typhoon-ocr1.5-3b", page, options={}, keep_alive="5s")
+            assert reply.complete and reply.load_seconds > 0  # this call loaded the model
             assert [m.name for m in await client.loaded_models()] == [
                 "scb10x/typhoon-ocr1.5-3b:latest"]  # fmt: skip
 
@@ -40,11 +43,13 @@ async def test_client_reads_ps_and_maps_capability_errors():
         async with httpx.AsyncClient() as http:
             client = OllamaClient(http, fake.url, read_timeout_s=5, connect_timeout_s=1)
             assert await client.version() == "0.33.0"
-            await client.load("scb10x/typhoon-ocr1.5-3b", system="Be exact.",
-                              options={"num_ctx": 8192}, keep_alive="60s")  # fmt: skip
-            (load,) = fake.bodies("/api/generate")
-            assert load == {
-                "model": "scb10x/typhoon-ocr1.5-3b", "prompt": "", "system": "Be exact.",
+            messages = [{"role": "system", "content": "Be exact."},
+                        {"role": "user", "content": "x"}]  # fmt: skip
+            await client.chat("scb10x/typhoon-ocr1.5-3b", messages, options={"num_ctx": 8192},
+                              keep_alive="60s")  # fmt: skip
+            (sent,) = fake.bodies("/api/chat")
+            assert sent == {
+                "model": "scb10x/typhoon-ocr1.5-3b", "messages": messages,
                 "stream": False, "options": {"num_ctx": 8192}, "keep_alive": "60s",
             }  # fmt: skip
             (loaded,) = await client.loaded_models()

@@ -9,7 +9,7 @@ import pytest
 from tests.fake_ollama import FakeOllama, Fault
 from tests.fixtures.documents import make_image, text_pdf
 from tests.ocr.conftest import Sidecar, eventually, make_job
-from tests.ocr.test_ocr_api import assert_problem
+from tests.ocr.test_ocr_api import assert_problem, fake_ollama_load
 
 PNG = make_image("PNG", (1800, 1200))  # needs no scaling: the tests spend no time on pixels
 
@@ -20,6 +20,16 @@ BAD_RESPONSES = [
     Fault.BAD_SHAPE,
     Fault.CUT,
 ]
+# The page's call either loads the model (the first page of a job, model not loaded) or finds it
+# loaded: a fault must read the same either way.
+LOADED = pytest.mark.parametrize(
+    "loaded", [False, True], ids=["page that loads the model", "page of a loaded model"]
+)
+
+
+def model_state(fake: FakeOllama, loaded: bool) -> None:
+    if loaded:
+        fake_ollama_load(fake, "scb10x/typhoon-ocr1.5-3b")
 
 
 def assert_healthy(sidecar: Sidecar) -> None:
@@ -30,9 +40,10 @@ def assert_healthy(sidecar: Sidecar) -> None:
 
 
 @pytest.mark.parametrize("fault", BAD_RESPONSES)
-@pytest.mark.parametrize("on", ["load call", "page call"])
-def test_bad_answers_are_502(sidecar: Sidecar, fake_ollama: FakeOllama, fault: Fault, on: str):
-    fake_ollama.fail(fault, times=1, skip=0 if on == "load call" else 1)
+@LOADED
+def test_bad_answers_are_502(sidecar: Sidecar, fake_ollama: FakeOllama, fault: Fault, loaded: bool):
+    model_state(fake_ollama, loaded)
+    fake_ollama.fail(fault, times=1)
     body = assert_problem(sidecar.upload(PNG, make_job()), 502, "ollama_bad_response")
     assert "Traceback" not in body["detail"]
     labels = {"code": "ollama_bad_response"}
@@ -46,15 +57,18 @@ def test_ollama_500_text_is_passed_on(sidecar: Sidecar, fake_ollama: FakeOllama)
     assert "HTTP 500" in body["detail"] and "llama runner process has terminated" in body["detail"]
 
 
-@pytest.mark.parametrize("on", ["load call", "page call"])
-def test_busy_ollama_is_retried_then_succeeds(sidecar: Sidecar, fake_ollama: FakeOllama, on: str):
-    fake_ollama.fail(Fault.BUSY_503, times=2, skip=0 if on == "load call" else 1)
+@LOADED
+def test_busy_ollama_is_retried_then_succeeds(
+    sidecar: Sidecar, fake_ollama: FakeOllama, loaded: bool
+):
+    model_state(fake_ollama, loaded)
+    fake_ollama.fail(Fault.BUSY_503, times=2)
     response = sidecar.upload(PNG, make_job())
     assert response.status_code == 200, response.text
     assert response.json()["complete"] is True
+    assert response.json()["residency"]["loads"] == (0 if loaded else 1)
     assert sidecar.metric("sidecar_ollama_retries_total") == 2
-    path = "/api/generate" if on == "load call" else "/api/chat"
-    assert len(fake_ollama.bodies(path)) == 3  # two busy answers, then the real one
+    assert len(fake_ollama.bodies("/api/chat")) == 3  # two busy answers, then the real one
 
 
 def test_ollama_restarting_mid_job_is_retried_then_succeeds(
@@ -103,7 +117,7 @@ def test_unreachable_ollama_is_503_and_not_ready(sidecar: Sidecar, fake_ollama: 
 
 def test_slow_ollama_is_504(start_sidecar, fake_ollama: FakeOllama):
     sidecar = start_sidecar(ollama_timeout_s=0.3)
-    fake_ollama.hold()  # page calls wait; the load call does not
+    fake_ollama.hold()  # the page call waits
     try:
         assert_problem(sidecar.upload(PNG, make_job()), 504, "ollama_timeout")
     finally:
@@ -132,7 +146,7 @@ def test_no_connection_leaks_after_faults(start_sidecar, fake_ollama: FakeOllama
     pool_size = 5
     for _ in range(2):
         for fault in BAD_RESPONSES:
-            fake_ollama.fail(fault, times=1)  # the load call, or the page call once loaded
+            fake_ollama.fail(fault, times=1)
             assert sidecar.upload(PNG, make_job()).status_code == 502
         fake_ollama.fail(Fault.BUSY_503)  # busy past the retries' budget
         assert sidecar.upload(PNG, make_job()).status_code == 503

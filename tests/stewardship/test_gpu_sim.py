@@ -74,3 +74,34 @@ def test_the_command_writes_json_and_a_png(tmp_path, monkeypatch):
     payload = json.loads(out.read_text())
     assert set(payload["results"]["short"]) == set(gpu_sim.POLICIES)
     assert (tmp_path / "gpu_sim_short.png").stat().st_size > 10_000
+
+
+def test_the_seed_study_runs_the_generator_of_the_committed_traces():
+    """`bench/gpu_sim_seeds.py` simulates `day_traces(seed)`: for the committed seed that is
+    exactly what `bench/traces/` holds."""
+    from bench.traces import make_traces
+
+    for generated in make_traces.day_traces(make_traces.SEED):
+        (committed,) = gpu_sim.load_traces([generated["name"]])
+        assert json.loads(json.dumps(generated)) == committed
+
+
+def summary(squeezes: int, total_s: float, ocr_loads: int) -> dict:
+    return {"squeezes": squeezes, "squeeze_total_s": total_s, "ocr_cold_loads": ocr_loads,
+            "overcommit_events": 0}  # fmt: skip
+
+
+def test_the_bars_flag_a_baseline_that_serves_the_llm_better():
+    ours_best = {"tight": {"ours": summary(40, 400, 60), "keep_alive_0": summary(59, 1600, 531),
+                           "keep_alive_5m": summary(54, 500, 44)}}  # fmt: skip
+    assert gpu_sim.check_done(ours_best) == []
+    assert gpu_sim.check_llm_first(ours_best) == []
+    fewer_but_longer = {"tight": {**ours_best["tight"], "ours": summary(40, 600, 60)}}
+    assert gpu_sim.check_done(fewer_but_longer) == []  # the issue's bar counts squeezes only
+    assert gpu_sim.check_llm_first(fewer_but_longer) == [
+        "tight: keep_alive_5m delays the LLM less in all than ours"
+    ]
+    dominated = {"tight": {**ours_best["tight"], "ours": summary(55, 600, 60)}}
+    assert "tight: keep_alive_5m dominates ours (squeezes and OCR loads)" in gpu_sim.check_done(
+        dominated
+    )

@@ -112,15 +112,14 @@ def runs(run: Run) -> list[tuple[PageStep, GpuView, float]]:
 def test_at_most_one_load_per_job_without_outside_eviction(run: Run):
     assert run.job.loads <= 1 + run.evictions
     assert run.job.loads == sum(step.loading for step, _, _ in runs(run))
-    assert run.job.load_calls == sum(step.load for step, _, _ in runs(run))
 
 
 @given(jobs())
-def test_a_load_call_never_carries_zero(run: Run):
-    for step, _, _ in run.steps:
-        if step.load:
-            assert step.keep_alive_seconds > 0 and step.keep_alive != "0s"
-            assert step.loading and step.action == "run"
+def test_a_page_that_loads_the_model_carries_zero_only_as_the_jobs_last(run: Run):
+    """A loading page with 0 loads, reads and unloads: only right when no page follows."""
+    for step, _, _ in runs(run):
+        if step.loading and step.keep_alive_seconds == 0:
+            assert step.last and step.rule in AFTER_JOB_RULES
 
 
 @given(jobs())
@@ -158,7 +157,7 @@ def test_waits_only_before_a_load_and_only_up_to_the_yield_bound(run: Run):
     bound = run.job.settings.ocr_yield_max_s
     for step, view, waited in run.steps:
         if step.action == "wait":
-            assert step.loading and not step.load
+            assert step.loading
             assert step.rule in YIELD_RULES
             assert waited < bound
             assert 0 < step.retry_in_s <= bound - waited
@@ -201,22 +200,22 @@ def test_the_first_job_after_start_waits_instead_of_squeezing_the_llm():
     job = JobResidency(OcrProfile(model=OCR, keep_alive="5m"), Settings(), pages=5)
     view = GpuView(vram(16311, 15300), [LLM_UP], ocr_size_mib=3500)
     step = job.next_step(view, waited_s=0)
-    assert (step.action, step.rule, step.load) == ("wait", "yield_critical", False)
+    assert (step.action, step.rule) == ("wait", "yield_critical")
     assert step.retry_in_s == 1.0
-    # the wait runs out: the page runs, the load call holds the model for the job
+    # the wait runs out: the page runs, its call loads the model and holds it for the job
     step = job.next_step(view, waited_s=60)
-    assert (step.action, step.load, step.keep_alive) == ("run", True, f"{JOB_HOLD_S}s")
+    assert (step.action, step.loading, step.keep_alive) == ("run", True, f"{JOB_HOLD_S}s")
     assert "waited 60s for the LLM" in step.reason
     assert job.loads == 1 and job.yields == 1 and job.yield_s == 60
 
 
-def test_a_one_page_job_at_critical_sends_no_load_call_and_zero():
+def test_a_one_page_job_at_critical_loads_reads_and_unloads():
     job = JobResidency(OcrProfile(model=OCR, keep_alive="5m"), Settings(), pages=1)
     view = GpuView(vram(16311, 15300), [LLM_UP], ocr_size_mib=3500)
     step = job.next_step(view, waited_s=60)
     assert (step.action, step.keep_alive, step.rule) == ("run", "0s", "critical")
-    assert step.loading and not step.load  # the page call loads it and unloads it after
-    assert job.loads == 1 and job.load_calls == 0
+    assert step.loading  # the page call loads it, and its 0 unloads it after
+    assert job.loads == 1
 
 
 def test_an_unknown_footprint_waits_beside_a_loaded_llm():
@@ -224,7 +223,7 @@ def test_an_unknown_footprint_waits_beside_a_loaded_llm():
     step = job.next_step(GpuView(vram(16311, 9500), [LLM_UP], None), waited_s=0)
     assert (step.action, step.rule) == ("wait", "yield_no_room")
     step = job.next_step(GpuView(vram(16311, 9500), [LLM_UP], 3500), waited_s=1)
-    assert (step.action, step.load, step.rule) == ("run", True, "job_hold")
+    assert (step.action, step.loading, step.rule) == ("run", True, "job_hold")
 
 
 def test_a_twenty_page_job_loads_once_and_holds_between_pages():
@@ -238,21 +237,21 @@ def test_a_twenty_page_job_loads_once_and_holds_between_pages():
         sent.append(step.keep_alive)
         loaded = [LLM_UP, OCR_UP]
         job.page_done()
-    assert job.loads == 1 and job.load_calls == 1
+    assert job.loads == 1
     assert sent[:-1] == [f"{JOB_HOLD_S}s"] * 19
     assert sent[-1] == "299s"  # after the job: the ceiling, held below the LLM's 5m
 
 
 def test_evicted_by_the_llm_mid_job_waits_before_taking_it_back():
     job = JobResidency(OcrProfile(model=OCR), Settings(), pages=3)
-    assert job.next_step(GpuView(vram(16311, 700), [], 3500), waited_s=0).load
+    assert job.next_step(GpuView(vram(16311, 700), [], 3500), waited_s=0).loading
     job.page_done()
     # the LLM loaded and evicted the OCR model; torch took memory since: no room beside it now
     step = job.next_step(GpuView(vram(16311, 11960), [LLM_UP], 3500), waited_s=0)
     assert (step.action, step.rule) == ("wait", "yield_no_room")
     # the LLM went away: it loads again (the second load, after an outside eviction)
     step = job.next_step(GpuView(vram(16311, 800), [], 3500), waited_s=7)
-    assert step.action == "run" and step.load and job.loads == 2 and job.yield_s == 7
+    assert step.action == "run" and step.loading and job.loads == 2 and job.yield_s == 7
 
 
 def test_a_squeezed_llm_makes_the_load_wait():
@@ -267,7 +266,7 @@ def test_no_llm_loaded_the_job_runs_even_below_the_llm_room():
     OCR_YIELD_MAX_S and then load anyway); the LLM's room is kept by the after-job value."""
     job = JobResidency(OcrProfile(model=OCR), Settings(llm_reserve_mib=9000), pages=2)
     step = job.next_step(GpuView(vram(16311, 2700), [], 3500), waited_s=0)
-    assert (step.action, step.load, step.rule) == ("run", True, "job_hold")
+    assert (step.action, step.loading, step.rule) == ("run", True, "job_hold")
     job.page_done()
     last = job.next_step(GpuView(vram(16311, 6200), [model(OCR, 3500, 3500)], 3500), waited_s=0)
     assert (last.keep_alive_seconds, last.rule) == (0, "llm_reserve")
@@ -285,7 +284,7 @@ def test_a_loaded_llm_that_cannot_share_the_card_is_not_waited_for():
     job = JobResidency(OcrProfile(model=OCR), Settings(llm_reserve_mib=12300), pages=2)
     big = model(LLM + ":latest", 12300)
     step = job.next_step(GpuView(vram(16311, 12650), [big], 3300), waited_s=0)
-    assert (step.action, step.load, step.rule) == ("run", True, "job_hold")
+    assert (step.action, step.loading, step.rule) == ("run", True, "job_hold")
     assert job.yields == 0
 
 
