@@ -141,7 +141,11 @@ SEGMENTS = st.sampled_from(
 )
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=400,
+    # the corpus fixture is read-only; "too slow" is a wall-clock check (see tests/conftest.py)
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(segments=st.lists(SEGMENTS, min_size=1, max_size=7), absolute=st.booleans())
 def test_no_generated_path_escapes(corpus: Path, segments: list[str], absolute: bool) -> None:
     base = corpus / "base"
