@@ -51,18 +51,16 @@ from tests.reliability.faults import ocr, ollama_killed_at_page  # noqa: E402
 from tests.reliability.fuzz import fuzz, served_schema  # noqa: E402
 from tests.reliability.generated import generated_examples  # noqa: E402
 from tests.reliability.hostile import (  # noqa: E402
-    AttackResult,
-    StraceAudit,
+    audited_attack,
     build_tree,
     corpus_paths,
     hostile_path_strategy,
     outside_opens,
     privilege_drop_reason,
-    send_paths,
     unprivileged_sidecar,
 )
 from tests.reliability.memory import peak_rss_bytes, reset_peak_rss, rss_bytes  # noqa: E402
-from tests.reliability.processes import RunningSidecar, open_fds, running_sidecar  # noqa: E402
+from tests.reliability.processes import RunningSidecar, running_sidecar  # noqa: E402
 from tests.reliability.rotation import replace_key_file, rotate_under_load  # noqa: E402
 from tests.reliability.soak import percentile, settled_idle, soak  # noqa: E402
 from tests.server import free_port  # noqa: E402
@@ -122,20 +120,10 @@ def bench_paths() -> dict[str, Any]:
             corpus_size = len(paths)
             strategy = hostile_path_strategy(tree, pids)
             paths += generated_examples(strategy, PATHS_TARGET - corpus_size + 200, seed_value=7)
-            fds_before = open_fds(sidecar.pid)
-            audit = (
-                StraceAudit(sidecar.pid, tree.root.parent / f"strace-{sidecar.pid}.log")
-                if shutil.which("strace")
-                else None
-            )
             fake.clear_requests()
-            result = AttackResult()
-            started = time.monotonic()
-            with sidecar.client(timeout=60) as client:
-                send_paths(client, paths, result)
-            elapsed = time.monotonic() - started
-            opened = audit.stop() if audit else []
-            fds_after = open_fds(sidecar.pid)
+            log = tree.root.parent / f"strace-{sidecar.pid}.log"
+            attack = audited_attack(sidecar, paths, log, timeout_s=60)
+            result, opened = attack.result, attack.opened
             outside = outside_opens(opened, tree.base)
             return {
                 "user": "uid 1000 (setpriv --reuid 1000 --regid 1000 --clear-groups)",
@@ -151,11 +139,11 @@ def bench_paths() -> dict[str, Any]:
                 "unexpected": result.unexpected,
                 "secret_marker_in_responses": result.marker_seen,
                 "ollama_requests": len(fake.requests),
-                "strace_audit": audit is not None,
+                "strace_audit": attack.audited,
                 "opens_audited": len(opened),
                 "opens_outside_base": [item.target for item in outside],
-                "fds_before_after": [len(fds_before), len(fds_after)],
-                "paths_per_s": round(result.sent / elapsed, 1),
+                "fds_before_after": [len(attack.fds_before), len(attack.fds_after)],
+                "paths_per_s": round(result.sent / attack.elapsed_s, 1),
             }
     finally:
         tree.close()

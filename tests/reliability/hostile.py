@@ -8,7 +8,8 @@ Shared by `test_hostile_paths.py` (CI size) and `bench/bench_reliability.py` (fu
 - `corpus_paths`: a deterministic corpus (/proc, /dev, traversal in every encoding, long names,
   non-UTF-8 bytes); `hostile_path_strategy`: a hypothesis generator composing the same parts.
 - `unprivileged_sidecar`: `python -m sidecar` under `setpriv --reuid 1000`; `StraceAudit`:
-  `strace -f -y` on it (every file the process opens while under attack, with its resolved path).
+  `strace -f -y` on it (every file the process opens while under attack, with its resolved path);
+  `audited_attack`: the paths sent under that audit, descriptors compared before and after.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from hypothesis import strategies as st
 
 from tests.deploy.sidecar_process import sidecar_env
 from tests.fixtures.jobs import make_job
-from tests.reliability.processes import RunningSidecar, running_sidecar
+from tests.reliability.processes import RunningSidecar, open_fds, running_sidecar
 from tests.server import free_port
 
 PRODUCTION_UID = 1000  # the container's user (Dockerfile)
@@ -295,6 +296,40 @@ def refused_as_expected(path: str, status: int) -> bool:
     """403/404/415 from the guard; a path that is not Unicode text is already refused as a
     malformed request (422) before any guard sees it."""
     return status in REFUSED or (status == 422 and not is_unicode(path))
+
+
+@dataclass
+class AuditedAttack:
+    """What one attack did to the sidecar: answers, the opens strace saw (empty when strace is
+    not installed), the descriptors before and after, and its duration."""
+
+    result: AttackResult
+    audited: bool
+    opened: list[OpenedFile]
+    fds_before: dict[int, str]
+    fds_after: dict[int, str]
+    elapsed_s: float
+
+    def new_files(self) -> list[str]:
+        """Filesystem targets open after but not before (pipes, sockets and inodes have no '/')."""
+        added = set(self.fds_after.values()) - set(self.fds_before.values())
+        return sorted(path for path in added if path[:1] == "/")
+
+
+def audited_attack(
+    sidecar: RunningSidecar, paths: list[str], strace_log: Path, timeout_s: float
+) -> AuditedAttack:
+    """Send every path to `sidecar`, under `strace` when it is installed."""
+    audited = shutil.which("strace") is not None
+    fds_before = open_fds(sidecar.pid)
+    audit = StraceAudit(sidecar.pid, strace_log) if audited else None
+    result = AttackResult()
+    started = time.monotonic()
+    with sidecar.client(timeout=timeout_s) as client:
+        send_paths(client, paths, result)
+    elapsed = time.monotonic() - started
+    opened = audit.stop() if audit is not None else []
+    return AuditedAttack(result, audited, opened, fds_before, open_fds(sidecar.pid), elapsed)
 
 
 def send_paths(client: httpx.Client, paths: list[str], result: AttackResult) -> None:

@@ -7,7 +7,6 @@ calls, no descriptor left behind. The bench (`bench/bench_reliability.py`) sends
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from tests.reliability.hostile import (
     REFUSED,
     AttackResult,
     HostileTree,
-    StraceAudit,
+    audited_attack,
     build_tree,
     corpus_paths,
     hostile_path_strategy,
@@ -30,15 +29,10 @@ from tests.reliability.hostile import (
     send_paths,
     unprivileged_sidecar,
 )
-from tests.reliability.processes import RunningSidecar, open_fds
+from tests.reliability.processes import RunningSidecar
 
 GENERATED_IN_CI = 1500
 SEED = 12
-
-
-def new_files(before: dict[int, str], after: dict[int, str]) -> list[str]:
-    """Filesystem targets open after but not before (pipes, sockets and inodes have no '/')."""
-    return sorted(path for path in set(after.values()) - set(before.values()) if path[:1] == "/")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -92,15 +86,9 @@ def test_every_hostile_path_is_refused_and_nothing_outside_is_opened(
     pids = [1, sidecar.pid, os.getpid(), 999_999]
     paths = corpus_paths(tree, pids)
     paths += generated_examples(hostile_path_strategy(tree, pids), GENERATED_IN_CI, SEED)
-    audited = shutil.which("strace") is not None
-    fds_before = open_fds(sidecar.pid)
-    audit = StraceAudit(sidecar.pid, tmp_path / "strace.log") if audited else None
     fake.clear_requests()
-    result = AttackResult()
-    with sidecar.client(timeout=30) as client:
-        send_paths(client, paths, result)
-    opened = audit.stop() if audit is not None else []
-    fds_after = open_fds(sidecar.pid)
+    attack = audited_attack(sidecar, paths, tmp_path / "strace.log", timeout_s=30)
+    result = attack.result
 
     assert result.sent == len(paths) >= 2000
     assert result.unexpected == []
@@ -109,10 +97,10 @@ def test_every_hostile_path_is_refused_and_nothing_outside_is_opened(
     assert fake.requests == []  # not one Ollama call for a refused path
     # No file left open by the attack. (Sockets are not compared: the server may still be
     # closing an earlier test's connection; the soak test checks that connections are freed.)
-    assert new_files(fds_before, fds_after) == []
-    if audited:
-        assert opened, "strace saw no open at all: the audit is not working"
-        assert any(str(tree.base) in item.target for item in opened)  # the guard's walk
-        assert outside_opens(opened, tree.base) == []
+    assert attack.new_files() == []
+    if attack.audited:
+        assert attack.opened, "strace saw no open at all: the audit is not working"
+        assert any(str(tree.base) in item.target for item in attack.opened)  # the guard's walk
+        assert outside_opens(attack.opened, tree.base) == []
     else:
         pytest.skip("strace is not installed: statuses and fds checked, opens not audited")
