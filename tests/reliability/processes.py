@@ -17,6 +17,7 @@ import httpx
 
 from tests.conftest import new_api_key
 from tests.deploy.sidecar_process import SidecarProcess, sidecar_env
+from tests.reliability.eventually import eventually
 from tests.server import free_port
 
 STARTUP_DEADLINE_S = 90
@@ -53,14 +54,13 @@ class RunningSidecar:
         """Bounded wait until every retrieval model has loaded or failed: until then the loading
         thread is still importing (and opening) transformers' files, which a descriptor audit
         would otherwise count."""
-        deadline = time.monotonic() + MODELS_DEADLINE_S
         with self.client(timeout=10) as client:
-            while True:
+
+            def settled() -> bool:
                 models = client.get("/health").json()["models"].values()
-                if all(model["loaded"] or model["error"] for model in models):
-                    return
-                assert time.monotonic() < deadline, f"models still loading: {list(models)}"
-                time.sleep(0.05)  # polling interval of a bounded wait
+                return all(model["loaded"] or model["error"] for model in models)
+
+            assert eventually(settled, True, within_s=MODELS_DEADLINE_S), "models still loading"
 
 
 def wait_until_answering(url: str, process: SidecarProcess, path: str = "/live") -> None:
