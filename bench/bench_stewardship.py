@@ -38,6 +38,7 @@ if str(ROOT) not in sys.path:
 
 import httpx  # noqa: E402
 
+from bench.gpu_sim import squeeze_delays  # noqa: E402
 from sidecar.app import create_app  # noqa: E402
 from sidecar.config import Settings  # noqa: E402
 from sidecar.durations import format_seconds  # noqa: E402
@@ -222,14 +223,13 @@ def run(
 
 
 def summarise(run_: dict[str, Any], alone: dict[str, Any]) -> dict[str, Any]:
-    added = [max(0.0, t - a) for t, a in zip(run_["llm_times"], alone["llm_times"], strict=True)]
-    squeezed = sorted(x for x in added if x > SQUEEZE_S)
+    squeezed = squeeze_delays(run_["llm_times"], alone["llm_times"], SQUEEZE_S)
     latencies = run_["ocr_latencies"]
     return {
         "squeezes": len(squeezed),
         "squeeze_total_s": round(sum(squeezed), 1),
-        "squeeze_max_s": round(squeezed[-1], 1) if squeezed else 0.0,
-        "llm_requests": len(added),
+        "squeeze_max_s": round(max(squeezed), 1) if squeezed else 0.0,
+        "llm_requests": len(run_["llm_times"]),
         "llm_loads": run_["llm_loads"],
         "llm_loads_alone": alone["llm_loads"],
         "ocr_loads": run_["ocr_loads"],

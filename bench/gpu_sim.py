@@ -472,14 +472,21 @@ def percentile(values: Iterable[float], pct: float) -> float | None:
     return data[rank]
 
 
+def squeeze_delays(
+    times: Iterable[float], alone: Iterable[float], threshold_s: float = SQUEEZE_THRESHOLD_S
+) -> list[float]:
+    """The added time of each LLM request (arrival to end) that ended more than `threshold_s`
+    later than the same request with the LLM alone on the card: the squeezes."""
+    added = (time_s - alone_s for time_s, alone_s in zip(times, alone, strict=True))
+    return [delay for delay in added if delay > threshold_s]
+
+
 def summarise(run: Run, alone: Run) -> dict[str, Any]:
     assert run.sched is not None
     sched = run.sched
-    delays = []
-    for record, reference in zip(run.llm, alone.llm, strict=True):
-        added = (record.done - record.arrival) - (reference.done - reference.arrival)
-        if added > SQUEEZE_THRESHOLD_S:
-            delays.append(added)
+    delays = squeeze_delays(
+        [r.done - r.arrival for r in run.llm], [r.done - r.arrival for r in alone.llm]
+    )
     loads = [e for e in sched.events if e.kind == "load_start"]
     llm_key = run.trace["llm"]["name"] + ":latest"
     latencies = [r.done - r.arrival for r in run.ocr]
